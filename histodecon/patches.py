@@ -1,0 +1,174 @@
+"""Cut one H&E patch per spot at a fixed physical field of view.
+
+A patch is defined in µm: ``field_of_view_um`` wide, sampled at ``microns_per_pixel``, so it
+has ``field_of_view_um / microns_per_pixel`` pixels a side (112 µm at 0.5 µm/px is 224 px, the
+protocol of HEST-Benchmark and the input of most pathology encoders). The box is centred on
+the spot centre in full-resolution pixels and resampled from the slide's own µm/px.
+
+Patch file layout (HDF5), read by the embedding stage:
+
+- ``images``: uint8 ``(n_spots, patch_px, patch_px, 3)``, RGB, one chunk per patch;
+- ``barcode``, ``x_px``, ``y_px`` (centre, full-resolution pixels), ``tissue_fraction`` (0-1),
+  ``padded`` (the box left the image and was filled with white);
+- attributes ``slide``, ``patch_px``, ``field_of_view_um``, ``patch_microns_per_pixel``,
+  ``source_microns_per_pixel`` and ``source_microns_per_pixel_source``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+from skimage.color import rgb2hsv
+from skimage.filters import threshold_otsu
+from tqdm.auto import tqdm
+
+from histodecon import keys
+from histodecon.io import atomic_path
+from histodecon.slide import Slide, open_slide
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["patch_size_px", "tissue_threshold", "tissue_fraction", "extract_patches", "write_patch_file", "read_patch_table"]
+
+THUMBNAIL_PX = 2048  # longer side of the thumbnail on which the tissue threshold is set
+# Floor of the saturation threshold: on a slide that is nearly all tissue, Otsu can split
+# two tissue classes and call pale stroma background.
+MIN_SATURATION_THRESHOLD = 0.05
+
+
+def patch_size_px(*, field_of_view_um: float, microns_per_pixel: float) -> int:
+    """Return the side of a patch in pixels, rejecting a field of view that is not whole pixels."""
+    size = field_of_view_um / microns_per_pixel
+    if abs(size - round(size)) > 1e-6 or round(size) < 8:
+        raise ValueError(
+            f"field of view {field_of_view_um} µm at {microns_per_pixel} µm/px is {size:.3f} px; choose values "
+            "whose ratio is a whole number of at least 8 pixels (e.g. 112 µm at 0.5 µm/px = 224 px)."
+        )
+    return int(round(size))
+
+
+def tissue_threshold(slide: Slide) -> float:
+    """Return the HSV saturation above which a pixel counts as tissue.
+
+    Otsu's threshold on the saturation of a thumbnail separates stained tissue from glass,
+    the standard first step of slide tissue detection (as in CLAM and HEST).
+    """
+    thumbnail, _ = slide.thumbnail(THUMBNAIL_PX)
+    saturation = rgb2hsv(thumbnail)[..., 1]
+    return max(float(threshold_otsu(saturation)), MIN_SATURATION_THRESHOLD)
+
+
+def tissue_fraction(patches: np.ndarray, threshold: float) -> np.ndarray:
+    """Return the fraction of pixels above the saturation ``threshold`` per patch, ``(n,)``."""
+    rgb = patches.astype(np.float32) / 255.0
+    maximum = rgb.max(axis=-1)
+    minimum = rgb.min(axis=-1)
+    saturation = np.where(maximum > 0, (maximum - minimum) / np.maximum(maximum, 1e-8), 0.0)
+    return (saturation > threshold).mean(axis=(1, 2)).astype(np.float32)
+
+
+def extract_patches(
+    adata: ad.AnnData,
+    *,
+    field_of_view_um: float,
+    microns_per_pixel: float,
+    image_path: str | Path | None = None,
+) -> tuple[np.ndarray, pd.DataFrame, dict]:
+    """Cut a patch centred on every spot of an ingested slide.
+
+    Parameters
+    ----------
+    adata
+        Ingested slide: spot centres in ``obsm["spatial"]`` (full-resolution pixels,
+        x = column) and µm/px in ``uns["histodecon"]``.
+    field_of_view_um
+        Side of the patch in µm.
+    microns_per_pixel
+        Pixel size of the patch in µm/px.
+    image_path
+        H&E image; defaults to the path recorded at ingest.
+
+    Returns
+    -------
+    images
+        uint8 ``(n_spots, patch_px, patch_px, 3)``.
+    table
+        One row per spot: barcode, centre, tissue fraction and padded flag.
+    attrs
+        Patch geometry and the source µm/px with its origin.
+    """
+    info = adata.uns[keys.HISTODECON_UNS_KEY]
+    source_mpp = float(info[keys.MPP_KEY])
+    slide_id = str(adata.obs[keys.SLIDE_COL].iloc[0])
+    patch_px = patch_size_px(field_of_view_um=field_of_view_um, microns_per_pixel=microns_per_pixel)
+    half_box = field_of_view_um / source_mpp / 2.0
+
+    start = time.perf_counter()
+    slide = open_slide(image_path or info["image_path"])
+    threshold = tissue_threshold(slide)
+    centres = np.asarray(adata.obsm[keys.SPATIAL_KEY], dtype=np.float64)
+    images = np.empty((adata.n_obs, patch_px, patch_px, 3), dtype=np.uint8)
+    padded = np.zeros(adata.n_obs, dtype=bool)
+    for i, (x, y) in enumerate(tqdm(centres, desc=f"patches {slide_id}", unit="spot", mininterval=5)):
+        box = (x - half_box, y - half_box, x + half_box, y + half_box)
+        images[i], padded[i] = slide.read_box(box, patch_px)
+
+    table = pd.DataFrame(
+        {
+            keys.BARCODE_COL: adata.obs_names.astype(str),
+            keys.X_PX_COL: centres[:, 0],
+            keys.Y_PX_COL: centres[:, 1],
+            keys.TISSUE_FRACTION_COL: tissue_fraction(images, threshold),
+            keys.PADDED_COL: padded,
+        }
+    )
+    if padded.any():
+        logger.warning(
+            "%s: %d of %d patches leave the image and were padded with white (flagged in column %r): %s",
+            slide_id, int(padded.sum()), len(padded), keys.PADDED_COL, list(table.loc[padded, keys.BARCODE_COL][:5]),
+        )
+    attrs = {
+        "slide": slide_id,
+        "patch_px": patch_px,
+        "field_of_view_um": float(field_of_view_um),
+        "patch_microns_per_pixel": float(microns_per_pixel),
+        "source_microns_per_pixel": source_mpp,
+        "source_microns_per_pixel_source": str(info[keys.MPP_SOURCE_KEY]),
+        "tissue_saturation_threshold": threshold,
+        "image_path": str(slide.path),
+    }
+    logger.info(
+        "%s: %d patches of %d px (%.0f µm at %.3f µm/px, cut from %.1f px at %.4f µm/px) in %.1f s; "
+        "median tissue fraction %.2f",
+        slide_id, len(table), patch_px, field_of_view_um, microns_per_pixel, 2 * half_box, source_mpp,
+        time.perf_counter() - start, float(table[keys.TISSUE_FRACTION_COL].median()),
+    )
+    return images, table, attrs
+
+
+def write_patch_file(path: str | Path, images: np.ndarray, table: pd.DataFrame, attrs: Mapping) -> None:
+    """Write patches, their table and attributes to an HDF5 file, atomically."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        chunks = (1, *images.shape[1:]) if len(images) else None
+        h5.create_dataset(keys.PATCH_IMAGES, data=images, chunks=chunks)
+        h5.create_dataset(keys.BARCODE_COL, data=table[keys.BARCODE_COL].to_numpy(dtype=object), dtype=h5py.string_dtype())
+        for column in keys.PATCH_TABLE_COLUMNS[1:]:
+            h5.create_dataset(column, data=table[column].to_numpy())
+        for name, value in attrs.items():
+            h5.attrs[name] = value
+
+
+def read_patch_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """Read the per-spot table and attributes of a patch file, without the images."""
+    with h5py.File(path, "r") as h5:
+        table = pd.DataFrame({column: h5[column][()] for column in keys.PATCH_TABLE_COLUMNS})
+        attrs = {name: (value.item() if hasattr(value, "item") else value) for name, value in h5.attrs.items()}
+    table[keys.BARCODE_COL] = table[keys.BARCODE_COL].map(lambda b: b.decode() if isinstance(b, bytes) else b)
+    return table, attrs

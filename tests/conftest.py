@@ -1,0 +1,109 @@
+"""Shared fixtures: tiny real inputs cut from the her2st sections and the single-cell reference.
+
+Nothing is copied into the repository; each session cuts a few spots, genes and an image
+region from ``../shared/data`` into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+Image.MAX_IMAGE_PIXELS = None
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("HISTODECON_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data")).resolve()
+HER2ST = SHARED_DATA / "her2st"
+REFERENCE = SHARED_DATA / "reference" / "wu2021_CID4465_sc.h5ad"
+
+TINY_SLIDES = ("C2", "C3", "C4")
+TINY_SPOTS = 30  # spots per slide, a contiguous block of the array
+TINY_GENES = 400  # most expressed genes shared by the slides and the reference
+TINY_CELLS_PER_TYPE = 40
+IMAGE_MARGIN_PX = 300  # kept around the outermost spot centres
+
+
+def her2st_paths(slide: str) -> dict[str, Path]:
+    image = next((HER2ST / "data" / "ST-imgs" / "C" / slide).glob("*.jpg"))
+    return {
+        "counts": HER2ST / "data" / "ST-cnts" / f"{slide}.tsv.gz",
+        "spots": HER2ST / "data" / "ST-spotfiles" / f"{slide}_selection.tsv",
+        "image": image,
+        "published_proportions": HER2ST / "res" / "ST-deconv" / "props" / "major" / f"{slide}-proportion.tsv",
+    }
+
+
+def _central_block(spots: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Return the ``n`` spots nearest the median array position (a contiguous patch of tissue)."""
+    centre = spots[["x", "y"]].median().to_numpy()
+    distance = np.hypot(spots["x"] - centre[0], spots["y"] - centre[1])
+    return spots.loc[distance.sort_values(kind="stable").index[:n]].sort_index()
+
+
+@pytest.fixture(scope="session")
+def reference_genes() -> pd.Index:
+    return ad.read_h5ad(REFERENCE, backed="r").var_names
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, reference_genes) -> dict:
+    """Cut three her2st sections and the reference down to a few spots, genes and cells.
+
+    Returns a dict with ``root`` (folder), ``sheet`` (sample sheet DataFrame), ``reference``
+    (path of the tiny reference) and ``genes``.
+    """
+    root = tmp_path_factory.mktemp("tiny")
+    counts = {s: pd.read_csv(her2st_paths(s)["counts"], sep="\t", index_col=0) for s in TINY_SLIDES}
+    shared = counts[TINY_SLIDES[0]].columns
+    for table in counts.values():
+        shared = shared.intersection(table.columns)
+    shared = shared.intersection(reference_genes)
+    totals = sum(counts[s][shared].sum(axis=0) for s in TINY_SLIDES)
+    genes = totals.sort_values(ascending=False, kind="stable").index[:TINY_GENES]
+
+    rows = []
+    for slide in TINY_SLIDES:
+        paths = her2st_paths(slide)
+        spots = pd.read_csv(paths["spots"], sep="\t")
+        spots = spots[spots["selected"] == 1]
+        spots.index = spots["x"].astype(str) + "x" + spots["y"].astype(str)
+        spots = _central_block(spots.loc[spots.index.intersection(counts[slide].index)], TINY_SPOTS)
+
+        x0 = int(spots["pixel_x"].min()) - IMAGE_MARGIN_PX
+        y0 = int(spots["pixel_y"].min()) - IMAGE_MARGIN_PX
+        x1 = int(spots["pixel_x"].max()) + IMAGE_MARGIN_PX
+        y1 = int(spots["pixel_y"].max()) + IMAGE_MARGIN_PX
+        with Image.open(paths["image"]) as image:
+            image.crop((x0, y0, x1, y1)).save(root / f"{slide}.jpg", quality=95)
+        spots = spots.assign(pixel_x=spots["pixel_x"] - x0, pixel_y=spots["pixel_y"] - y0)
+        spots.to_csv(root / f"{slide}_selection.tsv", sep="\t", index=False)
+        counts[slide].loc[spots.index, genes].to_csv(root / f"{slide}.tsv.gz", sep="\t")
+        rows.append(
+            {
+                "slide": slide,
+                "patient": "C",
+                "format": "her2st",
+                "counts": str(root / f"{slide}.tsv.gz"),
+                "spots": str(root / f"{slide}_selection.tsv"),
+                "image": str(root / f"{slide}.jpg"),
+                "microns_per_pixel": "",
+                "published_proportions": str(paths["published_proportions"]),
+            }
+        )
+    sheet = pd.DataFrame(rows)
+    sheet.to_csv(root / "samples.tsv", sep="\t", index=False)
+
+    reference = ad.read_h5ad(REFERENCE)
+    rng = np.random.default_rng(0)
+    keep = []
+    for _, index in reference.obs.groupby("celltype_major", observed=True).indices.items():
+        keep.extend(rng.choice(index, size=min(TINY_CELLS_PER_TYPE, len(index)), replace=False))
+    tiny_reference = reference[np.sort(keep), genes].copy()
+    tiny_reference.write_h5ad(root / "reference.h5ad")
+    return {"root": root, "sheet": sheet, "reference": root / "reference.h5ad", "genes": list(genes)}

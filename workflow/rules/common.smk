@@ -1,0 +1,40 @@
+# Sample sheet loading, wildcard constraints and input functions shared by all rule files.
+
+from histodecon.backbones import get_backbone
+from histodecon.samples import read_sample_sheet
+
+SAMPLES = read_sample_sheet(config["samples"])
+validate(SAMPLES, "../schemas/samples.schema.yaml")
+SLIDES = SAMPLES.index.tolist()
+BACKBONES = config["backbones"]
+REGRESSORS = config["cv"]["regressors"]
+
+for _backbone in BACKBONES:
+    get_backbone(_backbone)  # an unknown name stops here, with the list of valid names
+
+
+wildcard_constraints:
+    slide="[A-Za-z0-9][A-Za-z0-9._-]*",
+    backbone="[A-Za-z0-9_]+",
+    regressor="[a-z]+",
+
+
+def sample_row(slide):
+    """Return the sample sheet row of ``slide`` as a plain dict (JSON-safe for params)."""
+    row = SAMPLES.loc[slide].to_dict()
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+
+
+def slides_with_published_proportions():
+    return [s for s in SLIDES if SAMPLES.loc[s, "published_proportions"]]
+
+
+def get_final_outputs():
+    outputs = [
+        "results/metrics/summary.tsv",
+        "results/metrics/summary.md",
+        "results/labels/reference_elbo.png",
+    ]
+    if slides_with_published_proportions():
+        outputs.append("results/metrics/label_agreement.tsv")
+    return outputs

@@ -1,0 +1,32 @@
+# Stage 4: embeddings per slide x backbone (GPU-tagged except for the morphology features).
+
+
+def backbone_weights(wildcards):
+    """Return the configured local weight file of a backbone as an input, or nothing."""
+    path = config["backbone_weights"].get(wildcards.backbone)
+    return [path] if path else []
+
+
+def backbone_gpus(wildcards):
+    return 0 if get_backbone(wildcards.backbone).family == "morphology" else 1
+
+
+rule embed:
+    input:
+        patches="results/patches/{slide}.h5",
+        weights=backbone_weights,
+    output:
+        embeddings="results/embeddings/{backbone}/{slide}.parquet",
+    params:
+        backbone=lambda wc: wc.backbone,
+        weights=lambda wc: config["backbone_weights"].get(wc.backbone),
+        embedding=config["embedding"],
+    log:
+        "logs/embed/{backbone}/{slide}.log",
+    benchmark:
+        "benchmarks/embed/{backbone}/{slide}.tsv"
+    threads: config["threads"]["embed"]
+    resources:
+        gpu=backbone_gpus,
+    script:
+        "../scripts/embed.py"

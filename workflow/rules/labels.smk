@@ -1,0 +1,69 @@
+# Stage 2: cell2location labels. Reference signatures once, then the spatial mapping of all
+# slides in one joint fit (mode joint) or of each slide alone (mode per_slide). Both mapping
+# rules are GPU-tagged and write the same per-slide label tables.
+
+
+rule reference_signatures:
+    input:
+        reference=config["reference"]["path"],
+    output:
+        signatures="results/labels/signatures.parquet",
+        elbo_tsv="results/labels/reference_elbo.tsv",
+        elbo_png="results/labels/reference_elbo.png",
+    params:
+        reference=config["reference"],
+        labels=config["labels"],
+    log:
+        "logs/reference_signatures.log",
+    benchmark:
+        "benchmarks/reference_signatures.tsv"
+    threads: config["threads"]["reference_signatures"]
+    script:
+        "../scripts/reference_signatures.py"
+
+
+if config["labels"]["mode"] == "joint":
+
+    rule map_cell_types:
+        input:
+            slides=expand("results/ingest/{slide}.h5ad", slide=SLIDES),
+            signatures="results/labels/signatures.parquet",
+        output:
+            labels=expand("results/labels/{slide}.parquet", slide=SLIDES),
+            elbo_tsv="results/labels/mapping_elbo.tsv",
+            elbo_png="results/labels/mapping_elbo.png",
+        params:
+            slides=SLIDES,
+            labels=config["labels"],
+        log:
+            "logs/map_cell_types.log",
+        benchmark:
+            "benchmarks/map_cell_types.tsv"
+        threads: config["threads"]["map_cell_types"]
+        resources:
+            gpu=1,
+        script:
+            "../scripts/map_cell_types.py"
+
+else:
+
+    rule map_cell_types_per_slide:
+        input:
+            slides=["results/ingest/{slide}.h5ad"],
+            signatures="results/labels/signatures.parquet",
+        output:
+            labels=["results/labels/{slide}.parquet"],
+            elbo_tsv="results/labels/mapping_elbo/{slide}.tsv",
+            elbo_png="results/labels/mapping_elbo/{slide}.png",
+        params:
+            slides=lambda wc: [wc.slide],
+            labels=config["labels"],
+        log:
+            "logs/map_cell_types/{slide}.log",
+        benchmark:
+            "benchmarks/map_cell_types/{slide}.tsv"
+        threads: config["threads"]["map_cell_types"]
+        resources:
+            gpu=1,
+        script:
+            "../scripts/map_cell_types.py"

@@ -1,0 +1,16 @@
+"""Snakemake entry point of rules map_cell_types and map_cell_types_per_slide."""
+
+from histodecon.logs import configure_logging
+
+configure_logging(snakemake.log[0])
+
+from histodecon.pipeline import cell_type_labels  # noqa: E402
+
+cell_type_labels(
+    slides=snakemake.input.slides,
+    signatures=snakemake.input.signatures,
+    labels=snakemake.params.labels,
+    outputs=dict(zip(snakemake.params.slides, snakemake.output.labels, strict=True)),
+    elbo_tsv=snakemake.output.elbo_tsv,
+    elbo_png=snakemake.output.elbo_png,
+)

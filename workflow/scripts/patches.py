@@ -1,0 +1,14 @@
+"""Snakemake entry point of rule patches."""
+
+from histodecon.logs import configure_logging
+
+configure_logging(snakemake.log[0])
+
+from histodecon.pipeline import slide_patches  # noqa: E402
+
+slide_patches(
+    slide=snakemake.input.h5ad,
+    output=snakemake.output.patches,
+    field_of_view_um=snakemake.params.field_of_view_um,
+    microns_per_pixel=snakemake.params.microns_per_pixel,
+)

@@ -19,5 +19,7 @@ rule cross_validate:
     benchmark:
         "benchmarks/cross_validate/{backbone}/{regressor}.tsv"
     threads: config["threads"]["cross_validate"]
+    conda:
+        "../../envs/torch.yaml"
     script:
         "../scripts/cross_validate.py"

@@ -28,5 +28,7 @@ rule embed:
     threads: config["threads"]["embed"]
     resources:
         gpu=backbone_gpus,
+    conda:
+        "../../envs/torch.yaml"
     script:
         "../scripts/embed.py"

@@ -11,6 +11,8 @@ rule evaluate:
         "logs/evaluate/{backbone}/{regressor}.log",
     benchmark:
         "benchmarks/evaluate/{backbone}/{regressor}.tsv"
+    conda:
+        "../../envs/core.yaml"
     script:
         "../scripts/evaluate.py"
 
@@ -36,6 +38,8 @@ rule summarize:
         "logs/summarize.log",
     benchmark:
         "benchmarks/summarize.tsv"
+    conda:
+        "../../envs/core.yaml"
     script:
         "../scripts/summarize.py"
 
@@ -53,5 +57,7 @@ rule label_agreement:
         "logs/label_agreement.log",
     benchmark:
         "benchmarks/label_agreement.tsv"
+    conda:
+        "../../envs/core.yaml"
     script:
         "../scripts/label_agreement.py"

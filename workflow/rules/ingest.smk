@@ -15,5 +15,7 @@ rule ingest:
     benchmark:
         "benchmarks/ingest/{slide}.tsv"
     threads: config["threads"]["ingest"]
+    conda:
+        "../../envs/core.yaml"
     script:
         "../scripts/ingest.py"

@@ -18,6 +18,8 @@ rule reference_signatures:
     benchmark:
         "benchmarks/reference_signatures.tsv"
     threads: config["threads"]["reference_signatures"]
+    conda:
+        "../../envs/labels.yaml"
     script:
         "../scripts/reference_signatures.py"
 
@@ -42,6 +44,8 @@ if config["labels"]["mode"] == "joint":
         threads: config["threads"]["map_cell_types"]
         resources:
             gpu=1,
+        conda:
+            "../../envs/labels.yaml"
         script:
             "../scripts/map_cell_types.py"
 
@@ -65,5 +69,7 @@ else:
         threads: config["threads"]["map_cell_types"]
         resources:
             gpu=1,
+        conda:
+            "../../envs/labels.yaml"
         script:
             "../scripts/map_cell_types.py"

@@ -15,5 +15,7 @@ rule patches:
     benchmark:
         "benchmarks/patches/{slide}.tsv"
     threads: config["threads"]["patches"]
+    conda:
+        "../../envs/core.yaml"
     script:
         "../scripts/patches.py"

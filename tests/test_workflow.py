@@ -1,0 +1,123 @@
+"""The real workflow through Snakemake on tiny real inputs: three sections, 30 spots each."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+BACKBONES = ["morphology", "vit_small_random"]
+REGRESSORS = ["mean", "ridge", "mlp"]
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(PROJECT_ROOT / "Snakefile"), "--directory", str(workdir), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+
+
+@pytest.fixture(scope="module")
+def workdir(tiny_data, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("workflow")
+    (root / "config").mkdir()
+    tiny_data["sheet"].to_csv(root / "config" / "samples.tsv", sep="\t", index=False)
+    config = {
+        "samples": "config/samples.tsv",
+        "reference": {"path": str(tiny_data["reference"]), "label_key": "celltype_major"},
+        "labels": {
+            "reference_epochs": 30,
+            "mapping_epochs": 100,
+            "posterior_samples": 30,
+            "min_shared_genes": 100,
+            "accelerator": "cpu",
+        },
+        "backbones": BACKBONES,
+        "embedding": {"batch_size": 16, "num_workers": 0},
+        "cv": {"regressors": REGRESSORS, "mlp": {"max_epochs": 40, "patience": 5}},
+        "evaluation": {
+            "published_type_map": {
+                "B-cells": "B-cells",
+                "CAFs": "CAFs",
+                "Cancer Epithelial": "Epithelial",
+                "Normal Epithelial": "Epithelial",
+                "T-cells": "T-cells",
+            }
+        },
+    }
+    (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+@pytest.fixture(scope="module")
+def completed_run(workdir) -> subprocess.CompletedProcess:
+    result = snakemake(workdir, "--cores", "2")
+    if result.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
+        pytest.fail(f"snakemake failed:\n{result.stderr[-5000:]}\n{logs}")
+    return result
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run into rule -> job count."""
+    counts = {}
+    table = dry_run_output.split("Job stats:", 1)[1]
+    for line in table.splitlines():
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if match:
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def test_dry_run_fan_out(workdir):
+    result = snakemake(workdir, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["reference_signatures"] == 1
+    assert counts["map_cell_types"] == 1
+    assert counts["ingest"] == 3
+    assert counts["patches"] == 3
+    assert counts["embed"] == 3 * len(BACKBONES)
+    assert counts["cross_validate"] == len(BACKBONES) * len(REGRESSORS)
+    assert counts["summarize"] == 1
+
+
+def test_summary_has_every_combination(completed_run, workdir):
+    summary = pd.read_csv(workdir / "results" / "metrics" / "summary.tsv", sep="\t")
+    labels = pd.read_parquet(workdir / "results" / "labels" / "C2.parquet")
+    n_types = len([c for c in labels.columns if c.startswith("q05:")])
+    combos = summary.groupby(["backbone", "regressor"]).size()
+    assert len(combos) == len(BACKBONES) * len(REGRESSORS)
+    assert (combos == n_types).all()
+
+
+def test_summary_values_finite(completed_run, workdir):
+    summary = pd.read_csv(workdir / "results" / "metrics" / "summary.tsv", sep="\t")
+    assert np.isfinite(summary["l1_mean"]).all()
+    assert np.isfinite(summary["mse_mean"]).all()
+
+
+def test_every_rule_logged_and_benchmarked(completed_run, workdir):
+    logs = list((workdir / "logs").rglob("*.log"))
+    benchmarks = list((workdir / "benchmarks").rglob("*.tsv"))
+    assert len(logs) == len(benchmarks)
+    assert len(logs) >= 3 + 1 + 1 + 3 + 6 + 6 + 6 + 1
+
+
+def test_label_agreement_written(completed_run, workdir):
+    agreement = pd.read_csv(workdir / "results" / "metrics" / "label_agreement.tsv", sep="\t")
+    assert set(agreement["published_type"]) == {"B-cells", "CAFs", "Epithelial", "T-cells"}
+
+
+def test_mapping_elbo_figure_written(completed_run, workdir):
+    assert (workdir / "results" / "labels" / "mapping_elbo.png").stat().st_size > 0

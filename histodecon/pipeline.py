@@ -22,7 +22,16 @@ from histodecon.provenance import package_versions
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ingest_slide", "reference_signatures", "cell_type_labels", "slide_patches"]
+__all__ = [
+    "ingest_slide",
+    "reference_signatures",
+    "cell_type_labels",
+    "slide_patches",
+    "cross_validation",
+    "evaluation",
+    "summary",
+    "published_label_agreement",
+]
 
 
 def ingest_slide(row: Mapping, output: str | Path) -> None:
@@ -101,3 +110,77 @@ def slide_patches(*, slide: str | Path, output: str | Path, field_of_view_um: fl
     adata = ad.read_h5ad(slide)
     images, table, attrs = extract_patches(adata, field_of_view_um=field_of_view_um, microns_per_pixel=microns_per_pixel)
     write_patch_file(output, images, table, attrs)
+
+
+def cross_validation(
+    *,
+    slides: Sequence[str],
+    patients: Sequence[str],
+    embeddings: Sequence[str | Path],
+    labels: Sequence[str | Path],
+    regressor: str,
+    target: str,
+    cv: Mapping,
+    predictions_out: str | Path,
+    folds_out: str | Path,
+) -> None:
+    """Cross-validate one regressor on one backbone's embeddings and write the predictions."""
+    from histodecon.cv import cross_validate, load_cv_data, make_folds
+
+    data = load_cv_data(
+        dict(zip(slides, embeddings, strict=True)),
+        dict(zip(slides, labels, strict=True)),
+        target=target,
+        min_tissue_fraction=cv["min_tissue_fraction"],
+    )
+    folds = make_folds(pd.DataFrame({keys.SLIDE_COL: slides, keys.PATIENT_COL: patients}), group_by=cv["group_by"])
+    params = {**cv.get(regressor, {})}
+    predictions, folds_info = cross_validate(data, folds, regressor=regressor, params=params, seed=cv["seed"])
+    metadata = {
+        "regressor": regressor,
+        "params": params,
+        "target": target,
+        "cv": dict(cv),
+        "folds": folds.to_dict("records"),
+        "versions": package_versions(),
+    }
+    write_parquet(predictions, predictions_out, metadata=metadata)
+    write_tsv(folds_info, folds_out, index=False)
+
+
+def evaluation(*, predictions: str | Path, output: str | Path) -> None:
+    """Compute per-slide, per-cell-type metrics of one prediction table."""
+    from histodecon.metrics import evaluate
+
+    write_tsv(evaluate(pd.read_parquet(predictions)), output, index=False)
+
+
+def summary(
+    *,
+    pairs: Sequence[tuple[str, str]],
+    metrics: Sequence[str | Path],
+    predictions: Sequence[str | Path],
+    summary_out: str | Path,
+    markdown_out: str | Path,
+) -> None:
+    """Aggregate all backbone x regressor metric tables into one summary (TSV and markdown)."""
+    from histodecon.metrics import summarize, summary_markdown
+
+    pairs = [tuple(pair) for pair in pairs]
+    metric_tables = {pair: pd.read_csv(path, sep="\t") for pair, path in zip(pairs, metrics, strict=True)}
+    prediction_tables = {pair: pd.read_parquet(path) for pair, path in zip(pairs, predictions, strict=True)}
+    table = summarize(metric_tables, prediction_tables=prediction_tables)
+    write_tsv(table, summary_out, index=False, float_format="%.6g")
+    with atomic_path(markdown_out) as tmp:
+        Path(tmp).write_text(summary_markdown(table))
+
+
+def published_label_agreement(
+    *, slides: Sequence[str], labels: Sequence[str | Path], published: Sequence[str | Path], type_map: Mapping, output: str | Path
+) -> None:
+    """Compare our cell2location proportions with published per-spot proportions."""
+    from histodecon.metrics import label_agreement
+
+    tables = {slide: pd.read_parquet(path) for slide, path in zip(slides, labels, strict=True)}
+    agreement = label_agreement(tables, dict(zip(slides, published, strict=True)), type_map=type_map)
+    write_tsv(agreement, output, index=False, float_format="%.6g")

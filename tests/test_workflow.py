@@ -103,8 +103,8 @@ def test_summary_has_every_combination(completed_run, workdir):
 
 def test_summary_values_finite(completed_run, workdir):
     summary = pd.read_csv(workdir / "results" / "metrics" / "summary.tsv", sep="\t")
-    assert np.isfinite(summary["l1_mean"]).all()
-    assert np.isfinite(summary["mse_mean"]).all()
+    assert np.isfinite(summary["l1_slide_mean"]).all()
+    assert np.isfinite(summary["mse_slide_mean"]).all()
 
 
 def test_every_rule_logged_and_benchmarked(completed_run, workdir):

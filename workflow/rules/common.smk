@@ -29,6 +29,16 @@ def slides_with_published_proportions():
     return [s for s in SLIDES if SAMPLES.loc[s, "published_proportions"]]
 
 
+def backbone_weights(wildcards):
+    """Return the configured local weight file of a backbone as an input, or nothing."""
+    path = config["backbone_weights"].get(wildcards.backbone)
+    return [path] if path else []
+
+
+def backbone_gpus(wildcards):
+    return 0 if get_backbone(wildcards.backbone).family == "morphology" else 1
+
+
 def get_final_outputs():
     outputs = [
         "results/metrics/summary.tsv",

@@ -4,7 +4,9 @@
 
 rule cross_validate:
     input:
-        embeddings=expand("results/embeddings/{{backbone}}/{slide}.parquet", slide=SLIDES),
+        embeddings=expand(
+            "results/embeddings/{{backbone}}/{slide}.parquet", slide=SLIDES
+        ),
         labels=expand("results/labels/{slide}.parquet", slide=SLIDES),
     output:
         predictions="results/cv/{backbone}/{regressor}/predictions.parquet",

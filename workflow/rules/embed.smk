@@ -1,16 +1,6 @@
 # Stage 4: embeddings per slide x backbone (GPU-tagged except for the morphology features).
 
 
-def backbone_weights(wildcards):
-    """Return the configured local weight file of a backbone as an input, or nothing."""
-    path = config["backbone_weights"].get(wildcards.backbone)
-    return [path] if path else []
-
-
-def backbone_gpus(wildcards):
-    return 0 if get_backbone(wildcards.backbone).family == "morphology" else 1
-
-
 rule embed:
     input:
         patches="results/patches/{slide}.h5",

@@ -46,8 +46,13 @@ rule summarize:
 
 rule label_agreement:
     input:
-        labels=lambda wc: expand("results/labels/{slide}.parquet", slide=slides_with_published_proportions()),
-        published=lambda wc: [SAMPLES.loc[s, "published_proportions"] for s in slides_with_published_proportions()],
+        labels=lambda wc: expand(
+            "results/labels/{slide}.parquet", slide=slides_with_published_proportions()
+        ),
+        published=lambda wc: [
+            SAMPLES.loc[s, "published_proportions"]
+            for s in slides_with_published_proportions()
+        ],
     output:
         agreement="results/metrics/label_agreement.tsv",
     params:

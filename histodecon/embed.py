@@ -1,0 +1,422 @@
+"""Embedding stage: encode every patch of a slide with one backbone and write a parquet table.
+
+Input is a patch file written by :mod:`histodecon.patches` (HDF5, one RGB patch per spot).
+Output is one row per spot, in the order of the patch file, with the columns
+``barcode``, ``tissue_fraction``, ``padded`` and ``emb_0000`` ... (float32). The
+parquet schema metadata stores the backbone record, the weights source, the numeric
+precision, the device and the patch geometry, so an embedding file documents itself.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+from tqdm.auto import tqdm
+
+import histodecon
+from histodecon.backbones import BackboneSpec, Encoder, get_backbone, load_encoder
+from histodecon.io import write_parquet
+from histodecon.keys import (
+    BARCODE_COL,
+    EMBEDDING_PREFIX,
+    PADDED_COL,
+    PATCH_IMAGES,
+    PATCH_TABLE_COLUMNS,
+    TISSUE_FRACTION_COL,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PatchDataset", "PatchFileInfo", "compute_embeddings", "embed_slide", "embedding_columns", "read_patch_file_info"]
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Relative difference between the input µm/px and the backbone's recommended µm/px above
+# which a warning is logged.
+MICRONS_PER_PIXEL_TOLERANCE = 0.10
+# Patch file attributes copied into the embedding metadata.
+PATCH_GEOMETRY_ATTRS = (
+    "patch_px",
+    "field_of_view_um",
+    "patch_microns_per_pixel",
+    "source_microns_per_pixel",
+    "source_microns_per_pixel_source",
+)
+
+
+def embedding_columns(embedding_dim: int) -> list[str]:
+    """Return the embedding column names ``emb_0000`` ... for ``embedding_dim`` dimensions."""
+    return [f"{EMBEDDING_PREFIX}{index:04d}" for index in range(embedding_dim)]
+
+
+@dataclass(frozen=True)
+class PatchFileInfo:
+    """Spot table and geometry of a patch file.
+
+    Attributes
+    ----------
+    path
+        The patch file.
+    slide
+        Slide id from the file's ``slide`` attribute.
+    spots
+        One row per patch, in file order, with the columns of ``PATCH_TABLE_COLUMNS``.
+    patch_px
+        Side P of the stored patches in pixels.
+    microns_per_pixel
+        Pixel size of the stored patches in µm/px.
+    geometry
+        The attributes named in :data:`PATCH_GEOMETRY_ATTRS`, for metadata.
+    """
+
+    path: Path
+    slide: str
+    spots: pd.DataFrame
+    patch_px: int
+    microns_per_pixel: float
+    geometry: dict[str, Any]
+
+    @property
+    def n_spots(self) -> int:
+        return len(self.spots)
+
+
+def _attr_value(value: Any) -> Any:
+    """Convert an HDF5 attribute to a plain Python value for JSON metadata."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_patch_file_info(patch_file: str | Path) -> PatchFileInfo:
+    """Read the spot table and attributes of a patch file, without the images.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``patch_file`` does not exist.
+    ValueError
+        If a dataset or attribute is missing or the images are not uint8 (n, P, P, 3).
+    """
+    path = Path(patch_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"patch file {path} not found; run the patches rule for this slide first")
+    fix = "Re-create it with the patches rule of this histodecon version."
+    with h5py.File(path, "r") as h5:
+        missing = [name for name in (PATCH_IMAGES, *PATCH_TABLE_COLUMNS) if name not in h5]
+        missing += [f"attribute {name}" for name in ("slide", *PATCH_GEOMETRY_ATTRS) if name not in h5.attrs]
+        if missing:
+            raise ValueError(f"patch file {path} lacks {', '.join(missing)}. {fix}")
+        images = h5[PATCH_IMAGES]
+        n_spots = images.shape[0]
+        if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[3] != 3 or images.dtype != np.uint8:
+            raise ValueError(
+                f"patch file {path}: dataset {PATCH_IMAGES!r} must be uint8 with shape (n_spots, P, P, 3), "
+                f"got {images.dtype} {images.shape}. {fix}"
+            )
+        columns = {BARCODE_COL: h5[BARCODE_COL].asstr()[()]}
+        for name in PATCH_TABLE_COLUMNS[1:]:
+            columns[name] = h5[name][()]
+        lengths = {name: len(values) for name, values in columns.items()}
+        if any(length != n_spots for length in lengths.values()):
+            raise ValueError(f"patch file {path}: {n_spots} images but column lengths {lengths}. {fix}")
+        geometry = {name: _attr_value(h5.attrs[name]) for name in PATCH_GEOMETRY_ATTRS}
+        slide = str(_attr_value(h5.attrs["slide"]))
+        patch_px = int(images.shape[1])
+
+    spots = pd.DataFrame(columns)
+    spots[BARCODE_COL] = spots[BARCODE_COL].astype(str)
+    spots[TISSUE_FRACTION_COL] = spots[TISSUE_FRACTION_COL].astype(np.float32)
+    spots[PADDED_COL] = spots[PADDED_COL].astype(bool)
+    if geometry["patch_px"] != patch_px:
+        raise ValueError(f"patch file {path}: attribute patch_px={geometry['patch_px']} but images are {patch_px} px. {fix}")
+    return PatchFileInfo(
+        path=path,
+        slide=slide,
+        spots=spots,
+        patch_px=patch_px,
+        microns_per_pixel=float(geometry["patch_microns_per_pixel"]),
+        geometry=geometry,
+    )
+
+
+class PatchDataset(Dataset):
+    """Batches of patches from a patch file, read with one HDF5 call per batch.
+
+    Index it with a list of increasing indices (as a ``BatchSampler`` yields them); it
+    returns a uint8 tensor, shape (len(indices), P, P, 3). The file is opened on first
+    access in each process, so DataLoader workers never share an HDF5 handle.
+    """
+
+    def __init__(self, patch_file: str | Path) -> None:
+        self.path = Path(patch_file)
+        with h5py.File(self.path, "r") as h5:
+            self._length = int(h5[PATCH_IMAGES].shape[0])
+        self._file: h5py.File | None = None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        return state
+
+    def __getitem__(self, indices: list[int]) -> torch.Tensor:
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        images = self._file[PATCH_IMAGES]
+        first, last = indices[0], indices[-1]
+        if last - first + 1 == len(indices):
+            batch = images[first : last + 1]
+        else:
+            batch = images[np.asarray(indices)]
+        return torch.from_numpy(batch)
+
+    def close(self) -> None:
+        """Close the HDF5 file of this process, if open."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _resolve_device(device: DeviceChoice) -> torch.device:
+    if device not in get_args(DeviceChoice):
+        raise ValueError(f"invalid device {device!r}; valid: {', '.join(get_args(DeviceChoice))}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False; set device to 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def _resolve_precision(precision: Precision, device: torch.device, spec: BackboneSpec) -> str:
+    if precision not in get_args(Precision):
+        raise ValueError(f"invalid precision {precision!r}; valid: {', '.join(get_args(Precision))}")
+    if spec.family != "timm":
+        if precision not in ("auto", "fp32"):
+            logger.warning("precision %s ignored: backbone %s computes its features on the CPU without autocast", precision, spec.name)
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def _check_scale(spec: BackboneSpec, info: PatchFileInfo) -> float:
+    """Return the µm/px of the patches after resizing to the backbone input; warn on a mismatch."""
+    input_mpp = info.microns_per_pixel * info.patch_px / spec.input_px
+    relative = abs(input_mpp / spec.microns_per_pixel - 1.0)
+    if relative > MICRONS_PER_PIXEL_TOLERANCE:
+        logger.warning(
+            "slide %s: backbone %s receives patches at %.3f µm/px (%d px at %.3f µm/px resized to %d px), "
+            "%.0f%% off its recommended %.3f µm/px; embeddings may be degraded. "
+            "Set the patch µm/px in the config to the backbone's value to fix this.",
+            info.slide,
+            spec.name,
+            input_mpp,
+            info.patch_px,
+            info.microns_per_pixel,
+            spec.input_px,
+            100 * relative,
+            spec.microns_per_pixel,
+        )
+    return input_mpp
+
+
+def compute_embeddings(
+    info: PatchFileInfo,
+    encoder: Encoder,
+    *,
+    batch_size: int = 32,
+    precision: str = "fp32",
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+) -> np.ndarray:
+    """Encode all patches of a patch file.
+
+    Parameters
+    ----------
+    info
+        The patch file, from :func:`read_patch_file_info`.
+    encoder
+        Encoder from :func:`histodecon.backbones.load_encoder`, already on ``device``.
+    batch_size
+        Patches per forward pass.
+    precision
+        Resolved precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` for autocast.
+    device
+        Device the encoder is on; batches are moved there.
+    num_workers
+        DataLoader worker processes that read the HDF5 file (0 reads in the main process).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, shape (n_spots, encoder.spec.embedding_dim), rows in patch file order.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+    device = torch.device(device)
+    width = encoder.spec.embedding_dim
+    if info.n_spots == 0:
+        return np.empty((0, width), dtype=np.float32)
+
+    dataset = PatchDataset(info.path)
+    sampler = BatchSampler(SequentialSampler(range(len(dataset))), batch_size=batch_size, drop_last=False)
+    loader = DataLoader(
+        dataset, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
+    autocast_dtype = _AUTOCAST_DTYPES.get(precision)
+    output = np.empty((info.n_spots, width), dtype=np.float32)
+    row = 0
+    progress = tqdm(loader, total=len(sampler), desc=f"embed {info.slide}", unit="batch")
+    with torch.inference_mode(), torch.autocast(
+        device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+    ):
+        try:
+            for images in progress:
+                embeddings = encoder.encode(images.to(device, non_blocking=True), microns_per_pixel=info.microns_per_pixel)
+                output[row : row + len(images)] = embeddings.float().cpu().numpy()
+                row += len(images)
+        finally:
+            dataset.close()
+    return output
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def embed_slide(
+    patch_file: str | Path,
+    output_path: str | Path,
+    *,
+    backbone: str,
+    weights: str | Path | None = None,
+    batch_size: int = 32,
+    precision: Precision = "auto",
+    device: DeviceChoice = "auto",
+    num_workers: int = 0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Embed every patch of one slide and write the table as parquet.
+
+    Parameters
+    ----------
+    patch_file
+        HDF5 patch file of the slide (``results/patches/{slide}.h5``).
+    output_path
+        Parquet file to write, atomically.
+    backbone
+        Registry name, see :func:`histodecon.backbones.list_backbones`.
+    weights
+        Local weights file for pretrained backbones; None uses the Hugging Face hub or cache.
+    batch_size
+        Patches per forward pass.
+    precision
+        ``"auto"`` is bf16 autocast on CUDA and fp32 on the CPU. ``"bf16"``/``"fp16"`` enable
+        autocast with that dtype. The stored embeddings are float32 in every case.
+    device
+        ``"auto"`` uses CUDA when available, else the CPU.
+    num_workers
+        DataLoader worker processes that read the patch file.
+    seed
+        Seed of random-weight backbones (controls).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per spot in patch file order, columns ``barcode``, ``tissue_fraction``,
+        ``padded``, then ``emb_0000`` ... float32, shape (n_spots, 3 + embedding_dim).
+    """
+    start = time.perf_counter()
+    spec = get_backbone(backbone)
+    info = read_patch_file_info(patch_file)
+    resolved_device = _resolve_device(device)
+    resolved_precision = _resolve_precision(precision, resolved_device, spec)
+    input_mpp = _check_scale(spec, info)
+    logger.info(
+        "embedding slide %s: %d patches of %d px at %.3f µm/px with backbone %s on %s (%s, batch size %d)",
+        info.slide,
+        info.n_spots,
+        info.patch_px,
+        info.microns_per_pixel,
+        spec.name,
+        resolved_device,
+        resolved_precision,
+        batch_size,
+    )
+
+    encoder = load_encoder(spec, weights=weights, seed=seed).to(resolved_device)
+    encode_start = time.perf_counter()
+    embeddings = compute_embeddings(
+        info,
+        encoder,
+        batch_size=batch_size,
+        precision=resolved_precision,
+        device=resolved_device,
+        num_workers=num_workers,
+    )
+    encode_seconds = time.perf_counter() - encode_start
+
+    table = pd.concat(
+        [
+            info.spots[[BARCODE_COL, TISSUE_FRACTION_COL, PADDED_COL]].reset_index(drop=True),
+            pd.DataFrame(embeddings, columns=embedding_columns(spec.embedding_dim)),
+        ],
+        axis=1,
+    )
+    metadata = {
+        "stage": "embed",
+        "slide": info.slide,
+        "patch_file": str(info.path),
+        "n_spots": info.n_spots,
+        "backbone": spec.name,
+        "backbone_spec": spec.to_metadata(),
+        "embedding_dim": spec.embedding_dim,
+        "feature_names": list(encoder.feature_names) if encoder.feature_names is not None else None,
+        "weights_source": encoder.weights_source,
+        "seed": seed,
+        "precision": resolved_precision,
+        "device": str(resolved_device),
+        "batch_size": batch_size,
+        "input_px": spec.input_px,
+        "input_microns_per_pixel": input_mpp,
+        "patch_geometry": info.geometry,
+        "histodecon_version": histodecon.__version__,
+        "torch_version": torch.__version__,
+        "timm_version": _package_version("timm"),
+    }
+    write_parquet(table, output_path, metadata=metadata)
+
+    rate = info.n_spots / encode_seconds if encode_seconds > 0 else float("nan")
+    logger.info(
+        "embedded slide %s: %d patches x %d dimensions in %.1f s (%.1f patches/s, %.1f s total); wrote %s",
+        info.slide,
+        info.n_spots,
+        spec.embedding_dim,
+        encode_seconds,
+        rate,
+        time.perf_counter() - start,
+        output_path,
+    )
+    return table

@@ -1,0 +1,15 @@
+"""Snakemake entry point of rule label_agreement."""
+
+from histodecon.logs import configure_logging
+
+configure_logging(snakemake.log[0])
+
+from histodecon.pipeline import published_label_agreement  # noqa: E402
+
+published_label_agreement(
+    slides=snakemake.params.slides,
+    labels=snakemake.input.labels,
+    published=snakemake.input.published,
+    type_map=snakemake.params.type_map,
+    output=snakemake.output.agreement,
+)

@@ -9,7 +9,6 @@ precision, the device and the patch geometry, so an embedding file documents its
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import time
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 from tqdm.auto import tqdm
 
-import histodecon
 from histodecon.backbones import BackboneSpec, Encoder, get_backbone, load_encoder
 from histodecon.io import write_parquet
 from histodecon.keys import (
@@ -34,6 +32,7 @@ from histodecon.keys import (
     PATCH_TABLE_COLUMNS,
     TISSUE_FRACTION_COL,
 )
+from histodecon.provenance import package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -299,13 +298,6 @@ def compute_embeddings(
     return output
 
 
-def _package_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def embed_slide(
     patch_file: str | Path,
     output_path: str | Path,
@@ -402,9 +394,7 @@ def embed_slide(
         "input_px": spec.input_px,
         "input_microns_per_pixel": input_mpp,
         "patch_geometry": info.geometry,
-        "histodecon_version": histodecon.__version__,
-        "torch_version": torch.__version__,
-        "timm_version": _package_version("timm"),
+        "versions": package_versions(),
     }
     write_parquet(table, output_path, metadata=metadata)
 

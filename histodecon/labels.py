@@ -144,6 +144,7 @@ def fit_signatures(
     label_key: str,
     batch_key: str | None = None,
     epochs: int,
+    batch_size: int = 256,
     seed: int = 0,
     accelerator: str = "auto",
     posterior_samples: int = 1000,
@@ -153,6 +154,10 @@ def fit_signatures(
 
     The table's index is the gene, its columns the cell types (sorted), its values the
     expected counts per cell of each type (posterior mean).
+
+    ``batch_size`` is the minibatch of cells. cell2location's default of 2500 makes one
+    optimisation step per epoch on a reference of fewer cells: on a 1,564-cell reference its
+    ELBO still falls after 600 epochs, while 150 epochs of 256-cell batches reach a lower one.
     """
     from cell2location.models import RegressionModel
     from cell2location.utils.filtering import filter_genes
@@ -166,9 +171,9 @@ def fit_signatures(
     RegressionModel.setup_anndata(adata=adata, labels_key=label_key, batch_key=batch_key)
     model = RegressionModel(adata)
     start = time.perf_counter()
-    model.train(max_epochs=epochs, accelerator=accelerator)
+    model.train(max_epochs=epochs, batch_size=batch_size, accelerator=accelerator)
     seconds = time.perf_counter() - start
-    logger.info("reference regression: %d epochs on %s in %.0f s", epochs, accelerator, seconds)
+    logger.info("reference regression: %d epochs (batch size %d) on %s in %.0f s", epochs, batch_size, accelerator, seconds)
 
     adata = model.export_posterior(
         adata, sample_kwargs={"num_samples": posterior_samples, "batch_size": 2500, "accelerator": accelerator}

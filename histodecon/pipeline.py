@@ -58,6 +58,7 @@ def reference_signatures(
         label_key=reference["label_key"],
         batch_key=reference.get("batch_key"),
         epochs=labels["reference_epochs"],
+        batch_size=labels["reference_batch_size"],
         seed=labels["seed"],
         accelerator=labels["accelerator"],
         posterior_samples=labels["posterior_samples"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import logging
 from pathlib import Path
 
@@ -131,9 +133,9 @@ def test_embed_metadata(run_name: str, request: pytest.FixtureRequest) -> None:
     assert metadata["patch_geometry"]["source_microns_per_pixel_source"] == "test constant"
     assert metadata["input_microns_per_pixel"] == pytest.approx(0.5)
     assert metadata["weights_source"]
-    assert metadata["histodecon_version"]
-    assert metadata["torch_version"] == torch.__version__
-    assert metadata["timm_version"]
+    assert metadata["versions"]["histodecon"]
+    assert metadata["versions"]["torch"] == importlib.metadata.version("torch")
+    assert metadata["versions"]["timm"]
 
 
 def test_morphology_metadata_feature_names(morphology_run: tuple[pd.DataFrame, Path]) -> None:

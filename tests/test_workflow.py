@@ -37,6 +37,7 @@ def workdir(tiny_data, tmp_path_factory) -> Path:
         "reference": {"path": str(tiny_data["reference"]), "label_key": "celltype_major"},
         "labels": {
             "reference_epochs": 30,
+            "reference_batch_size": 64,
             "mapping_epochs": 100,
             "posterior_samples": 30,
             "min_shared_genes": 100,
@@ -121,3 +122,45 @@ def test_label_agreement_written(completed_run, workdir):
 
 def test_mapping_elbo_figure_written(completed_run, workdir):
     assert (workdir / "results" / "labels" / "mapping_elbo.png").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def per_slide_workdir(workdir, tmp_path_factory) -> Path:
+    """A copy of the tiny workflow's config with one cell2location fit per slide."""
+    root = tmp_path_factory.mktemp("per_slide")
+    (root / "config").mkdir()
+    (root / "config" / "samples.tsv").write_text((workdir / "config" / "samples.tsv").read_text())
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    config["labels"]["mode"] = "per_slide"
+    (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def test_per_slide_mode_fans_out(per_slide_workdir):
+    result = snakemake(per_slide_workdir, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["map_cell_types_per_slide"] == 3
+    assert "map_cell_types" not in counts
+
+
+def test_per_slide_mode_writes_labels(per_slide_workdir):
+    result = snakemake(per_slide_workdir, "--cores", "2", "results/labels/C2.parquet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    labels = pd.read_parquet(per_slide_workdir / "results" / "labels" / "C2.parquet")
+    assert len(labels) == 30
+    assert (per_slide_workdir / "results" / "labels" / "mapping_elbo" / "C2.png").exists()
+
+
+def test_workflow_lint_clean():
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(PROJECT_ROOT / "Snakefile")],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_snakefmt_clean():
+    snakefmt = Path(sys.executable).parent / "snakefmt"
+    result = subprocess.run([str(snakefmt), "--check", str(PROJECT_ROOT)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr

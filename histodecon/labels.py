@@ -310,7 +310,10 @@ def abundance_table(*, barcodes, q05: np.ndarray, mean: np.ndarray, cell_types: 
 
 
 def plot_elbo(elbo: pd.Series, path: str | Path, *, title: str) -> None:
-    """Save the ELBO curve (negative ELBO per epoch, log scale) with a zoom on the last half."""
+    """Save the ELBO curve (negative ELBO per epoch, log scale) with a zoom on the last half.
+
+    A rolling median is drawn over the raw values, because minibatch ELBOs jitter.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -318,16 +321,19 @@ def plot_elbo(elbo: pd.Series, path: str | Path, *, title: str) -> None:
 
     from histodecon.io import atomic_path
 
+    window = max(len(elbo) // 20, 5)
+    smooth = elbo.rolling(window, min_periods=1, center=True).median()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    axes[0].plot(elbo.index, elbo.to_numpy(), lw=1)
-    axes[0].set_yscale("log")
-    axes[0].set_title(f"{title}: all epochs")
-    tail = elbo.iloc[len(elbo) // 2 :]
-    axes[1].plot(tail.index, tail.to_numpy(), lw=1)
-    axes[1].set_title("second half")
-    for ax in axes:
+    half = len(elbo) // 2
+    panels = ((axes[0], slice(None), f"{title}: all epochs"), (axes[1], slice(half, None), "second half"))
+    for ax, rows, panel_title in panels:
+        ax.plot(elbo.index[rows], elbo.to_numpy()[rows], lw=0.8, alpha=0.5, label="per epoch")
+        ax.plot(smooth.index[rows], smooth.to_numpy()[rows], lw=1.5, label=f"rolling median ({window} epochs)")
+        ax.set_title(panel_title)
         ax.set_xlabel("epoch")
         ax.set_ylabel("negative ELBO (training)")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize="small")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120)

@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES)
+	$(VENV)/bin/snakemake --cores $(CORES) --show-failed-logs
 
 dry-run: $(STAMP)
 	$(VENV)/bin/snakemake --dry-run --quiet rules

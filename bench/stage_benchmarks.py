@@ -40,7 +40,7 @@ def main() -> None:
     lines = ["| rule | jobs | wall s (sum) | wall s (max job) | peak RSS MB (max job) |", "|---|---|---|---|---|"]
     for rule, row in table.iterrows():
         lines.append(
-            f"| {rule} | {row.jobs} | {row.wall_s_sum:.1f} | {row.wall_s_max:.1f} | {row.peak_rss_mb_max:.0f} |"
+            f"| {rule} | {int(row.jobs)} | {row.wall_s_sum:.1f} | {row.wall_s_max:.1f} | {row.peak_rss_mb_max:.0f} |"
         )
     print("\n".join(lines))
 

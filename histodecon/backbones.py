@@ -176,7 +176,7 @@ _SPECS = (
         std=(1.0, 1.0, 1.0),
         pretrained=False,
         control=False,
-        licence="MIT (part of histodecon)",
+        licence="none needed: features computed by histodecon, no weights",
         source="histodecon.morphology",
     ),
     BackboneSpec(
@@ -374,7 +374,7 @@ def _model_from_file(spec: BackboneSpec, path: Path, *, seed: int) -> torch.nn.M
         raise IncompatibleWeightsError(
             f"weights file {path} does not match architecture {spec.architecture!r} of backbone {spec.name!r} "
             f"(created with {dict(spec.create_kwargs)}): {err}. Check that {_WEIGHTS_CONFIG_KEY}: {{{spec.name}: ...}} "
-            f"in config/config.yaml points at the {spec.name} checkpoint."
+            f"in the config file points at the {spec.name} checkpoint."
         ) from err
     return model
 
@@ -386,14 +386,14 @@ def _missing_weights_message(spec: BackboneSpec, weights: Path | None, hub_error
     looked_at = [f"configured path ({_WEIGHTS_CONFIG_KEY}.{spec.name}): {configured}"]
     if spec.hub_id is not None:
         offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
-        looked_at.append(f"Hugging Face hub {spec.hub_id} with cache dir {constants.HF_HUB_CACHE}{offline}: {hub_error}")
+        looked_at.append(f"Hugging Face hub {spec.hub_id} with cache dir {constants.HF_HUB_CACHE}{offline}: {str(hub_error).rstrip('. ')}")
     else:
         looked_at.append("Hugging Face hub: the entry has no hub_id")
-    fixes = [f"set `{_WEIGHTS_CONFIG_KEY}: {{{spec.name}: /path/to/pytorch_model.bin}}` in config/config.yaml"]
+    fixes = [f"set `{_WEIGHTS_CONFIG_KEY}: {{{spec.name}: /path/to/pytorch_model.bin}}` in the config file (config/config.yaml by default)"]
     if spec.hub_id is not None:
         repo = spec.hub_id.removeprefix("hf-hub:")
         fixes.append(
-            f"request access on https://huggingface.co/{repo}, run `huggingface-cli login` "
+            f"request access on https://huggingface.co/{repo}, run `hf auth login` "
             "(or set HF_TOKEN), and run once with network access to fill the cache"
         )
     return (
@@ -451,7 +451,7 @@ def _build_morphology_encoder(spec: BackboneSpec, *, weights: Path | None, seed:
     if weights is not None:
         raise ValueError(
             f"backbone {spec.name!r} has no weights, but a weights file {weights} was given. "
-            f"Remove {spec.name} from {_WEIGHTS_CONFIG_KEY} in config/config.yaml."
+            f"Remove {spec.name} from {_WEIGHTS_CONFIG_KEY} in the config file."
         )
     logger.info("backbone %s: hand-crafted features, no weights", spec.name)
     return MorphologyEncoder(spec)

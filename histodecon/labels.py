@@ -98,7 +98,7 @@ def load_reference(
     label_key
         ``obs`` column with the cell type of every cell.
     min_cells_per_type
-        Fewest cells a type may have; a signature from fewer cells is noise.
+        Minimum number of cells per type; a signature from fewer cells is noise.
     exclude_types
         Types removed before the check (e.g. a rare type the user accepts losing).
 
@@ -111,7 +111,7 @@ def load_reference(
     if label_key not in adata.obs.columns:
         raise ReferenceDataError(
             f"reference {path} has no label column {label_key!r}; its obs columns are {list(adata.obs.columns)}. "
-            "Set reference.label_key in config/config.yaml to one of them."
+            "Set reference.label_key in the config file to one of them."
         )
     if counts_layer is not None:
         if counts_layer not in adata.layers:

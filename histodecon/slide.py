@@ -2,7 +2,7 @@
 
 OpenSlide reads tiled TIFF pyramids and scanner formats (SVS, NDPI, MRXS, ...) but not JPEG,
 PNG or strip TIFF, so those are decoded once into memory with PIL or tifffile. Both readers
-answer the same call, :meth:`Slide.read_box`, which cuts a box given in full-resolution pixels
+implement :meth:`Slide.read_box`, which cuts a box given in full-resolution pixels
 (x = column, y = row) and resamples it to a requested output size, padding with white where
 the box leaves the image.
 """
@@ -169,7 +169,10 @@ class PlainImageSlide(Slide):
 
 
 class OpenSlideSlide(Slide):
-    """A scanner file or tiled TIFF pyramid read lazily through OpenSlide."""
+    """A scanner file or tiled TIFF pyramid read lazily through OpenSlide.
+
+    NOTE: no test opens a pyramid yet; the tests exercise the plain-image reader only.
+    """
 
     def __init__(self, path: str | Path):
         import openslide

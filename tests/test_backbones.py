@@ -297,7 +297,7 @@ def test_uni_without_weights_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert str(cache) in message
     assert "configured path" in message
     assert "backbone_weights: {uni: /path/to/pytorch_model.bin}" in message
-    assert "huggingface-cli login" in message
+    assert "hf auth login" in message
 
 
 def test_morphology_rejects_weights(tmp_path: Path) -> None:

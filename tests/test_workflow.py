@@ -152,6 +152,12 @@ def test_per_slide_mode_writes_labels(per_slide_workdir):
     assert (per_slide_workdir / "results" / "labels" / "mapping_elbo" / "C2.png").exists()
 
 
+def test_single_patient_folds_rejected_early(workdir):
+    result = snakemake(workdir, "--dry-run", "--config", "cv={'group_by': 'patient'}")
+    assert result.returncode != 0
+    assert "needs at least 2 groups" in result.stderr + result.stdout
+
+
 def test_workflow_lint_clean():
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(PROJECT_ROOT / "Snakefile")],

@@ -12,6 +12,15 @@ REGRESSORS = config["cv"]["regressors"]
 for _backbone in BACKBONES:
     get_backbone(_backbone)  # an unknown name stops here, with the list of valid names
 
+# Fail at DAG build, not after hours of fitting, when the folds cannot be formed.
+_group_column = "patient" if config["cv"]["group_by"] == "patient" else "slide"
+_n_groups = SAMPLES[_group_column].nunique()
+if _n_groups < 2:
+    raise ValueError(
+        f"cv.group_by={config['cv']['group_by']!r} needs at least 2 groups to leave one out, but "
+        f"{config['samples']} has {_n_groups}; add slides or patients, or set cv.group_by to slide."
+    )
+
 
 wildcard_constraints:
     slide="[A-Za-z0-9][A-Za-z0-9._-]*",

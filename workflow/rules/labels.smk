@@ -1,6 +1,6 @@
 # Stage 2: cell2location labels. Reference signatures once, then the spatial mapping of all
-# slides in one joint fit (mode joint) or of each slide alone (mode per_slide). Both mapping
-# rules are GPU-tagged and write the same per-slide label tables.
+# slides in one joint fit (mode joint) or of each slide alone (mode per_slide). All three
+# rules are GPU-tagged; both mapping rules write the same per-slide label tables.
 
 
 rule reference_signatures:
@@ -18,6 +18,8 @@ rule reference_signatures:
     benchmark:
         "benchmarks/reference_signatures.tsv"
     threads: config["threads"]["reference_signatures"]
+    resources:
+        gpu=1,
     conda:
         "../../envs/labels.yaml"
     script:

@@ -36,12 +36,24 @@ from histodecon.provenance import package_versions
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PatchDataset", "PatchFileInfo", "compute_embeddings", "embed_slide", "embedding_columns", "read_patch_file_info"]
+__all__ = [
+    "PatchDataset",
+    "PatchFileInfo",
+    "compute_embeddings",
+    "cpu_has_native_bf16",
+    "embed_slide",
+    "embedding_columns",
+    "read_patch_file_info",
+]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# x86 CPU flags of native bf16 arithmetic. With one of them, bf16 autocast ran ViT-S/16 1.8x
+# faster than fp32 on a 2-core AMD EPYC (187 patches: 6.7 s against 12-16 s), and the
+# embeddings correlated with the fp32 ones at r = 0.99998. Without them bf16 is emulated.
+_NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 # Relative difference between the input µm/px and the backbone's recommended µm/px above
 # which a warning is logged.
 MICRONS_PER_PIXEL_TOLERANCE = 0.10
@@ -203,6 +215,15 @@ def _resolve_device(device: DeviceChoice) -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Return whether the CPU advertises native bf16 arithmetic (Linux ``/proc/cpuinfo`` flags)."""
+    try:
+        flags = Path(cpuinfo).read_text().split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in _NATIVE_BF16_CPU_FLAGS)
+
+
 def _resolve_precision(precision: Precision, device: torch.device, spec: BackboneSpec) -> str:
     if precision not in get_args(Precision):
         raise ValueError(f"invalid precision {precision!r}; valid: {', '.join(get_args(Precision))}")
@@ -211,7 +232,9 @@ def _resolve_precision(precision: Precision, device: torch.device, spec: Backbon
             logger.warning("precision %s ignored: backbone %s computes its features on the CPU without autocast", precision, spec.name)
         return "fp32"
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        if device.type == "cuda" or cpu_has_native_bf16():
+            return "bf16"
+        return "fp32"
     return precision
 
 
@@ -325,7 +348,8 @@ def embed_slide(
     batch_size
         Patches per forward pass.
     precision
-        ``"auto"`` is bf16 autocast on CUDA and fp32 on the CPU. ``"bf16"``/``"fp16"`` enable
+        ``"auto"`` is bf16 autocast on CUDA and on CPUs with native bf16 (see
+        :func:`cpu_has_native_bf16`), fp32 otherwise. ``"bf16"``/``"fp16"`` enable
         autocast with that dtype. The stored embeddings are float32 in every case.
     device
         ``"auto"`` uses CUDA when available, else the CPU.

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from histodecon.backbones import load_encoder
-from histodecon.embed import embed_slide, embedding_columns, read_patch_file_info
+from histodecon import embed as embed_module
+from histodecon.embed import cpu_has_native_bf16, embed_slide, embedding_columns, read_patch_file_info
 from histodecon.io import read_parquet_metadata
 from histodecon.morphology import FEATURE_NAMES
 
@@ -88,7 +89,7 @@ def morphology_run(patch_file: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def vit_run(patch_file: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, Path]:
     output = tmp_path_factory.mktemp("embeddings") / "vit_small_random" / "C2.parquet"
-    table = embed_slide(patch_file, output, backbone="vit_small_random", batch_size=5, device="cpu", seed=0)
+    table = embed_slide(patch_file, output, backbone="vit_small_random", batch_size=5, device="cpu", precision="fp32", seed=0)
     return table, output
 
 
@@ -214,3 +215,25 @@ def test_patch_file_without_images_raises(tmp_path: Path) -> None:
         h5.attrs["slide"] = "C2"
     with pytest.raises(ValueError, match="lacks images"):
         embed_slide(path, tmp_path / "x.parquet", backbone="morphology")
+
+
+def test_cpu_bf16_flag_detected(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\nflags : fpu sse2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16(cpuinfo)
+
+
+def test_cpu_without_bf16_flag(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\nflags : fpu sse2 avx2\n")
+    assert not cpu_has_native_bf16(cpuinfo)
+    assert not cpu_has_native_bf16(tmp_path / "absent")
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_follows_cpu(
+    patch_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool, expected: str
+) -> None:
+    monkeypatch.setattr(embed_module, "cpu_has_native_bf16", lambda: native)
+    embed_slide(patch_file, tmp_path / "auto.parquet", backbone="vit_small_random", batch_size=6, device="cpu")
+    assert read_parquet_metadata(tmp_path / "auto.parquet")["precision"] == expected

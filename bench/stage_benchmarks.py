@@ -4,7 +4,7 @@ Usage (from the folder the workflow ran in)::
 
     .venv/bin/python bench/stage_benchmarks.py benchmarks > stage_table.md
 
-Each rule's ``benchmark:`` file holds one row per job with ``s`` (wall seconds) and
+Each rule's ``benchmark:`` file contains one row per job with ``s`` (wall seconds) and
 ``max_rss`` (peak resident memory, MB). The table sums the seconds of a rule's jobs and
 takes the maximum of their peak memory.
 """

@@ -1,4 +1,4 @@
-"""Checks that count matrices hold raw UMI counts before a count model sees them.
+"""Checks that count matrices contain raw UMI counts before a count model is fitted.
 
 cell2location models counts with a negative binomial; normalised or log-transformed input
 fails deep inside pyro with an ``IntegerGreaterThan`` constraint error that does not say
@@ -23,7 +23,7 @@ class RawCountsError(ValueError):
 
 
 def check_raw_counts(matrix, *, what: str, path: str | Path | None = None) -> None:
-    """Raise :class:`RawCountsError` unless ``matrix`` holds finite non-negative integers.
+    """Raise :class:`RawCountsError` unless ``matrix`` contains only finite non-negative integers.
 
     Parameters
     ----------

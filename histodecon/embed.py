@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -29,21 +28,19 @@ from histodecon.keys import (
     EMBEDDING_PREFIX,
     PADDED_COL,
     PATCH_IMAGES,
-    PATCH_TABLE_COLUMNS,
     TISSUE_FRACTION_COL,
 )
+from histodecon.patches import PatchFileInfo, read_patch_file_info
 from histodecon.provenance import package_versions
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "PatchDataset",
-    "PatchFileInfo",
     "compute_embeddings",
     "cpu_has_native_bf16",
     "embed_slide",
     "embedding_columns",
-    "read_patch_file_info",
 ]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -57,112 +54,11 @@ _NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 # Relative difference between the input µm/px and the backbone's recommended µm/px above
 # which a warning is logged.
 MICRONS_PER_PIXEL_TOLERANCE = 0.10
-# Patch file attributes copied into the embedding metadata.
-PATCH_GEOMETRY_ATTRS = (
-    "patch_px",
-    "field_of_view_um",
-    "patch_microns_per_pixel",
-    "source_microns_per_pixel",
-    "source_microns_per_pixel_source",
-)
 
 
 def embedding_columns(embedding_dim: int) -> list[str]:
     """Return the embedding column names ``emb_0000`` ... for ``embedding_dim`` dimensions."""
     return [f"{EMBEDDING_PREFIX}{index:04d}" for index in range(embedding_dim)]
-
-
-@dataclass(frozen=True)
-class PatchFileInfo:
-    """Spot table and geometry of a patch file.
-
-    Attributes
-    ----------
-    path
-        The patch file.
-    slide
-        Slide id from the file's ``slide`` attribute.
-    spots
-        One row per patch, in file order, with the columns of ``PATCH_TABLE_COLUMNS``.
-    patch_px
-        Side P of the stored patches in pixels.
-    microns_per_pixel
-        Pixel size of the stored patches in µm/px.
-    geometry
-        The attributes named in :data:`PATCH_GEOMETRY_ATTRS`, for metadata.
-    """
-
-    path: Path
-    slide: str
-    spots: pd.DataFrame
-    patch_px: int
-    microns_per_pixel: float
-    geometry: dict[str, Any]
-
-    @property
-    def n_spots(self) -> int:
-        return len(self.spots)
-
-
-def _attr_value(value: Any) -> Any:
-    """Convert an HDF5 attribute to a plain Python value for JSON metadata."""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def read_patch_file_info(patch_file: str | Path) -> PatchFileInfo:
-    """Read the spot table and attributes of a patch file, without the images.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``patch_file`` does not exist.
-    ValueError
-        If a dataset or attribute is missing or the images are not uint8 (n, P, P, 3).
-    """
-    path = Path(patch_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"patch file {path} not found; run the patches rule for this slide first")
-    fix = "Re-create it with the patches rule of this histodecon version."
-    with h5py.File(path, "r") as h5:
-        missing = [name for name in (PATCH_IMAGES, *PATCH_TABLE_COLUMNS) if name not in h5]
-        missing += [f"attribute {name}" for name in ("slide", *PATCH_GEOMETRY_ATTRS) if name not in h5.attrs]
-        if missing:
-            raise ValueError(f"patch file {path} lacks {', '.join(missing)}. {fix}")
-        images = h5[PATCH_IMAGES]
-        n_spots = images.shape[0]
-        if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[3] != 3 or images.dtype != np.uint8:
-            raise ValueError(
-                f"patch file {path}: dataset {PATCH_IMAGES!r} must be uint8 with shape (n_spots, P, P, 3), "
-                f"got {images.dtype} {images.shape}. {fix}"
-            )
-        columns = {BARCODE_COL: h5[BARCODE_COL].asstr()[()]}
-        for name in PATCH_TABLE_COLUMNS[1:]:
-            columns[name] = h5[name][()]
-        lengths = {name: len(values) for name, values in columns.items()}
-        if any(length != n_spots for length in lengths.values()):
-            raise ValueError(f"patch file {path}: {n_spots} images but column lengths {lengths}. {fix}")
-        geometry = {name: _attr_value(h5.attrs[name]) for name in PATCH_GEOMETRY_ATTRS}
-        slide = str(_attr_value(h5.attrs["slide"]))
-        patch_px = int(images.shape[1])
-
-    spots = pd.DataFrame(columns)
-    spots[BARCODE_COL] = spots[BARCODE_COL].astype(str)
-    spots[TISSUE_FRACTION_COL] = spots[TISSUE_FRACTION_COL].astype(np.float32)
-    spots[PADDED_COL] = spots[PADDED_COL].astype(bool)
-    if geometry["patch_px"] != patch_px:
-        raise ValueError(f"patch file {path}: attribute patch_px={geometry['patch_px']} but images are {patch_px} px. {fix}")
-    return PatchFileInfo(
-        path=path,
-        slide=slide,
-        spots=spots,
-        patch_px=patch_px,
-        microns_per_pixel=float(geometry["patch_microns_per_pixel"]),
-        geometry=geometry,
-    )
 
 
 class PatchDataset(Dataset):

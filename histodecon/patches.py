@@ -19,7 +19,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import h5py
@@ -31,16 +33,25 @@ from tqdm.auto import tqdm
 
 from histodecon import keys
 from histodecon.io import atomic_path
+from histodecon.keys import BARCODE_COL, PADDED_COL, PATCH_IMAGES, PATCH_TABLE_COLUMNS, TISSUE_FRACTION_COL
 from histodecon.slide import Slide, open_slide
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["patch_size_px", "tissue_threshold", "tissue_fraction", "extract_patches", "write_patch_file", "read_patch_table"]
+__all__ = ["patch_size_px", "tissue_threshold", "tissue_fraction", "extract_patches", "write_patch_file", "PatchFileInfo", "read_patch_file_info"]
 
 THUMBNAIL_PX = 2048  # longer side of the thumbnail on which the tissue threshold is set
 # Floor of the saturation threshold: on a slide that is nearly all tissue, Otsu can split
 # two tissue classes and call pale stroma background.
 MIN_SATURATION_THRESHOLD = 0.05
+# Patch file attributes copied into the embedding metadata.
+PATCH_GEOMETRY_ATTRS = (
+    "patch_px",
+    "field_of_view_um",
+    "patch_microns_per_pixel",
+    "source_microns_per_pixel",
+    "source_microns_per_pixel_source",
+)
 
 
 def patch_size_px(*, field_of_view_um: float, microns_per_pixel: float) -> int:
@@ -165,10 +176,94 @@ def write_patch_file(path: str | Path, images: np.ndarray, table: pd.DataFrame, 
             h5.attrs[name] = value
 
 
-def read_patch_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
-    """Read the per-spot table and attributes of a patch file, without the images."""
+@dataclass(frozen=True)
+class PatchFileInfo:
+    """Spot table and geometry of a patch file.
+
+    Attributes
+    ----------
+    path
+        The patch file.
+    slide
+        Slide id from the file's ``slide`` attribute.
+    spots
+        One row per patch, in file order, with the columns of ``PATCH_TABLE_COLUMNS``.
+    patch_px
+        Side P of the stored patches in pixels.
+    microns_per_pixel
+        Pixel size of the stored patches in µm/px.
+    geometry
+        The attributes named in :data:`PATCH_GEOMETRY_ATTRS`, for metadata.
+    """
+
+    path: Path
+    slide: str
+    spots: pd.DataFrame
+    patch_px: int
+    microns_per_pixel: float
+    geometry: dict[str, Any]
+
+    @property
+    def n_spots(self) -> int:
+        return len(self.spots)
+
+
+def _attr_value(value: Any) -> Any:
+    """Convert an HDF5 attribute to a plain Python value for JSON metadata."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_patch_file_info(patch_file: str | Path) -> PatchFileInfo:
+    """Read the spot table and attributes of a patch file, without the images.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``patch_file`` does not exist.
+    ValueError
+        If a dataset or attribute is missing or the images are not uint8 (n, P, P, 3).
+    """
+    path = Path(patch_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"patch file {path} not found; run the patches rule for this slide first")
+    fix = "Re-create it with the patches rule of this histodecon version."
     with h5py.File(path, "r") as h5:
-        table = pd.DataFrame({column: h5[column][()] for column in keys.PATCH_TABLE_COLUMNS})
-        attrs = {name: (value.item() if hasattr(value, "item") else value) for name, value in h5.attrs.items()}
-    table[keys.BARCODE_COL] = table[keys.BARCODE_COL].map(lambda b: b.decode() if isinstance(b, bytes) else b)
-    return table, attrs
+        missing = [name for name in (PATCH_IMAGES, *PATCH_TABLE_COLUMNS) if name not in h5]
+        missing += [f"attribute {name}" for name in ("slide", *PATCH_GEOMETRY_ATTRS) if name not in h5.attrs]
+        if missing:
+            raise ValueError(f"patch file {path} lacks {', '.join(missing)}. {fix}")
+        images = h5[PATCH_IMAGES]
+        n_spots = images.shape[0]
+        if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[3] != 3 or images.dtype != np.uint8:
+            raise ValueError(
+                f"patch file {path}: dataset {PATCH_IMAGES!r} must be uint8 with shape (n_spots, P, P, 3), "
+                f"got {images.dtype} {images.shape}. {fix}"
+            )
+        columns = {BARCODE_COL: h5[BARCODE_COL].asstr()[()]}
+        for name in PATCH_TABLE_COLUMNS[1:]:
+            columns[name] = h5[name][()]
+        lengths = {name: len(values) for name, values in columns.items()}
+        if any(length != n_spots for length in lengths.values()):
+            raise ValueError(f"patch file {path}: {n_spots} images but column lengths {lengths}. {fix}")
+        geometry = {name: _attr_value(h5.attrs[name]) for name in PATCH_GEOMETRY_ATTRS}
+        slide = str(_attr_value(h5.attrs["slide"]))
+        patch_px = int(images.shape[1])
+
+    spots = pd.DataFrame(columns)
+    spots[BARCODE_COL] = spots[BARCODE_COL].astype(str)
+    spots[TISSUE_FRACTION_COL] = spots[TISSUE_FRACTION_COL].astype(np.float32)
+    spots[PADDED_COL] = spots[PADDED_COL].astype(bool)
+    if geometry["patch_px"] != patch_px:
+        raise ValueError(f"patch file {path}: attribute patch_px={geometry['patch_px']} but images are {patch_px} px. {fix}")
+    return PatchFileInfo(
+        path=path,
+        slide=slide,
+        spots=spots,
+        patch_px=patch_px,
+        microns_per_pixel=float(geometry["patch_microns_per_pixel"]),
+        geometry=geometry,
+    )

@@ -16,7 +16,8 @@ from PIL import Image
 
 from histodecon.backbones import load_encoder
 from histodecon import embed as embed_module
-from histodecon.embed import cpu_has_native_bf16, embed_slide, embedding_columns, read_patch_file_info
+from histodecon.embed import cpu_has_native_bf16, embed_slide, embedding_columns
+from histodecon.patches import read_patch_file_info
 from histodecon.io import read_parquet_metadata
 from histodecon.morphology import FEATURE_NAMES
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from histodecon import keys
 from histodecon.ingest import read_slide
-from histodecon.patches import extract_patches, patch_size_px, read_patch_table, write_patch_file
+from histodecon.patches import extract_patches, patch_size_px, read_patch_file_info, write_patch_file
 from histodecon.slide import PlainImageSlide, SlideReadError, open_slide
 
 
@@ -71,9 +71,9 @@ def test_patch_file_roundtrip(c2, tmp_path):
     images, table, attrs = extract_patches(c2, field_of_view_um=112, microns_per_pixel=0.5)
     path = tmp_path / "C2.h5"
     write_patch_file(path, images, table, attrs)
-    read_table, read_attrs = read_patch_table(path)
-    assert list(read_table[keys.BARCODE_COL]) == list(table[keys.BARCODE_COL])
-    assert read_attrs["field_of_view_um"] == 112.0
+    info = read_patch_file_info(path)
+    assert list(info.spots[keys.BARCODE_COL]) == list(table[keys.BARCODE_COL])
+    assert info.geometry["field_of_view_um"] == 112.0
     assert not list(tmp_path.glob(".*tmp*"))
 
 

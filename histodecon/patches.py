@@ -27,23 +27,19 @@ import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
-from skimage.color import rgb2hsv
-from skimage.filters import threshold_otsu
 from tqdm.auto import tqdm
 
 from histodecon import keys
 from histodecon.io import atomic_path
 from histodecon.keys import BARCODE_COL, PADDED_COL, PATCH_IMAGES, PATCH_TABLE_COLUMNS, TISSUE_FRACTION_COL
 from histodecon.slide import Slide, open_slide
+from histodecon.tissue import saturation, saturation_threshold
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["patch_size_px", "tissue_threshold", "tissue_fraction", "extract_patches", "write_patch_file", "PatchFileInfo", "read_patch_file_info"]
 
 THUMBNAIL_PX = 2048  # longer side of the thumbnail on which the tissue threshold is set
-# Floor of the saturation threshold: on a slide that is nearly all tissue, Otsu can split
-# two tissue classes and call pale stroma background.
-MIN_SATURATION_THRESHOLD = 0.05
 # Patch file attributes copied into the embedding metadata.
 PATCH_GEOMETRY_ATTRS = (
     "patch_px",
@@ -66,23 +62,14 @@ def patch_size_px(*, field_of_view_um: float, microns_per_pixel: float) -> int:
 
 
 def tissue_threshold(slide: Slide) -> float:
-    """Return the HSV saturation above which a pixel counts as tissue.
-
-    Otsu's threshold on the saturation of a thumbnail separates stained tissue from glass,
-    the standard first step of slide tissue detection (as in CLAM and HEST).
-    """
+    """Return the HSV saturation above which a pixel of ``slide`` counts as tissue."""
     thumbnail, _ = slide.thumbnail(THUMBNAIL_PX)
-    saturation = rgb2hsv(thumbnail)[..., 1]
-    return max(float(threshold_otsu(saturation)), MIN_SATURATION_THRESHOLD)
+    return saturation_threshold(thumbnail)
 
 
 def tissue_fraction(patches: np.ndarray, threshold: float) -> np.ndarray:
     """Return the fraction of pixels above the saturation ``threshold`` per patch, ``(n,)``."""
-    rgb = patches.astype(np.float32) / 255.0
-    maximum = rgb.max(axis=-1)
-    minimum = rgb.min(axis=-1)
-    saturation = np.where(maximum > 0, (maximum - minimum) / np.maximum(maximum, 1e-8), 0.0)
-    return (saturation > threshold).mean(axis=(1, 2)).astype(np.float32)
+    return (saturation(patches) > threshold).mean(axis=(1, 2)).astype(np.float32)
 
 
 def extract_patches(

@@ -22,7 +22,7 @@ class RawCountsError(ValueError):
     """A matrix that should hold raw non-negative integer counts does not."""
 
 
-def check_raw_counts(matrix, *, what: str, path: str | Path | None = None) -> None:
+def check_raw_counts(matrix, *, what: str, path: str | Path | None = None, hint: str = "") -> None:
     """Raise :class:`RawCountsError` unless ``matrix`` contains only finite non-negative integers.
 
     Parameters
@@ -33,9 +33,17 @@ def check_raw_counts(matrix, *, what: str, path: str | Path | None = None) -> No
         Description used in the message, e.g. ``"counts of slide C2"``.
     path
         File the matrix came from, named in the message.
+    hint
+        Sentence appended to the message, e.g. the setting that selects another matrix.
     """
+    try:
+        _check_values(matrix, what=what, where=f" ({path})" if path is not None else "")
+    except RawCountsError as error:
+        raise RawCountsError(f"{error} {hint}".rstrip()) from None
+
+
+def _check_values(matrix, *, what: str, where: str) -> None:
     values = matrix.data if sp.issparse(matrix) else np.asarray(matrix).ravel()
-    where = f" ({path})" if path is not None else ""
     if values.size == 0:
         return
     if not np.all(np.isfinite(values)):

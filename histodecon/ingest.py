@@ -1,215 +1,298 @@
-"""Read spatial transcriptomics sections into one AnnData layout with their physical scale.
+"""Read spatial transcriptomics sections into one AnnData layout at their true physical scale.
 
-Every reader returns the same per-slide AnnData:
+Every format (see :mod:`histodecon.readers`) ends in the same per-slide AnnData:
 
 - ``X``: raw UMI counts, float32 CSR holding integers, spots x genes;
-- ``obs``: ``barcode`` (index), ``slide``, ``patient``, ``array_x``, ``array_y``;
+- ``obs``: ``barcode`` (index), ``slide``, ``patient``, and ``array_row``/``array_col`` when
+  the input has array coordinates;
 - ``obsm["spatial"]``: spot centres in full-resolution image pixels, (x = column, y = row);
 - ``uns["spatial"][slide]``: the scanpy/squidpy layout, a ``hires`` thumbnail and the
   scale factors ``tissue_hires_scalef``, ``spot_diameter_fullres`` and ``microns_per_pixel``;
-- ``uns["histodecon"]``: µm/px, where it came from, spot diameter and pitch in µm, platform.
+- ``uns["histodecon"]``: µm/px and its source, every source found, spot geometry, input
+  files and the checks' figures.
 
-Readers dispatch from :data:`READERS` on the sample sheet's ``format`` column.
+µm/px comes from the first of these that exists: the sample sheet, the image metadata,
+Space Ranger's ``spot_diameter_fullres``, the spot grid pitch. Sources other than the
+sheet that disagree by more than :data:`MPP_TOLERANCE` stop the run; a sheet value
+overrides them and the disagreement is logged.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
+from scipy.spatial import cKDTree
 
 from histodecon import keys
 from histodecon.counts import check_raw_counts
-from histodecon.slide import open_slide
+from histodecon.readers import PLATFORMS, READERS, InputError, Platform, SpotData
+from histodecon.samples import DEFAULT_PLATFORM
+from histodecon.slide import Slide, SlideReadError, open_slide
+from histodecon.tissue import fraction_on_mask, tissue_mask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Platform", "PLATFORMS", "READERS", "read_slide", "read_her2st", "grid_pitch_px"]
+__all__ = [
+    "MppEstimate",
+    "MicronsPerPixelError",
+    "SpotPositionError",
+    "read_slide",
+    "resolve_microns_per_pixel",
+    "spot_pitch_px",
+]
 
 HIRES_MAX_PX = 2000  # longer side of the thumbnail stored for scanpy/squidpy plots
+MPP_TOLERANCE = 0.10  # largest relative difference between two µm/px sources
+MIN_SPOTS_IN_IMAGE = 0.5  # fewer spot centres inside the image than this fraction stops ingest
+NEIGHBOUR_CUTOFF = 1.25  # neighbours of a spot lie within this factor of the nearest distance
+SWAPPED_EVIDENCE = 0.8  # fraction of spots that must fit once x and y are swapped to say so
+
+
+class MicronsPerPixelError(ValueError):
+    """No source of µm/px, or sources that disagree."""
+
+
+class SpotPositionError(ValueError):
+    """Spot centres that do not fall on the image or its tissue."""
 
 
 @dataclass(frozen=True)
-class Platform:
-    """Spot geometry of a spatial transcriptomics platform, in µm."""
+class MppEstimate:
+    """One estimate of µm per full-resolution pixel and where it came from."""
 
-    name: str
-    spot_diameter_um: float
-    spot_pitch_um: float  # centre-to-centre distance of neighbouring spots
-
-
-# Legacy ST (Ståhl et al., Science 2016): 100 µm spots on a 200 µm square grid.
-# Visium (10x Genomics): 55 µm spots, 100 µm centre to centre on a hexagonal grid.
-PLATFORMS = {
-    "legacy_st": Platform("legacy_st", spot_diameter_um=100.0, spot_pitch_um=200.0),
-    "visium": Platform("visium", spot_diameter_um=55.0, spot_pitch_um=100.0),
-}
+    value: float
+    source: str  # sample_sheet, image_metadata, spot_diameter or spot_grid_pitch
+    detail: str
 
 
-def grid_pitch_px(array_xy: np.ndarray, pixel_xy: np.ndarray) -> tuple[float, float]:
-    """Estimate the spot grid pitch in pixels from array and pixel coordinates.
+def spot_pitch_px(pixel_xy: np.ndarray) -> float | None:
+    """Return the centre-to-centre pitch of a spot grid, in pixels.
 
-    Fits the affine map ``pixel = [array_x, array_y, 1] @ A`` by least squares; the pitch
-    along each array axis is the length of that axis's row of ``A``. Returns the mean
-    pitch in pixels per array step and the root-mean-square residual of the fit in pixels.
+    Every distance from a spot to its up to 6 nearest neighbours that lies within
+    :data:`NEIGHBOUR_CUTOFF` times the median nearest-neighbour distance counts as one
+    neighbour pitch (4 per spot on the legacy-ST square grid, 6 on the Visium hexagonal
+    grid; diagonals, at 1.41 and 1.73 times the pitch, fall outside); the pitch is their
+    median. The nearest-neighbour distance alone is biased low when positions are
+    jittered: on her2st it reads 271 px for a pitch of 290 px. None for fewer than 2 spots.
     """
-    design = np.column_stack([array_xy, np.ones(len(array_xy))])
-    coefficients, *_ = np.linalg.lstsq(design, pixel_xy, rcond=None)
-    pitch = float(np.mean(np.linalg.norm(coefficients[:2], axis=1)))
-    residual = float(np.sqrt(np.mean((design @ coefficients - pixel_xy) ** 2)))
-    return pitch, residual
+    if len(pixel_xy) < 2:
+        return None
+    k = min(len(pixel_xy), 7)
+    distances, _ = cKDTree(pixel_xy).query(pixel_xy, k=k)
+    neighbours = distances[:, 1:]
+    cutoff = NEIGHBOUR_CUTOFF * float(np.median(neighbours[:, 0]))
+    return float(np.median(neighbours[neighbours <= cutoff]))
 
 
-def _read_her2st_counts(path: Path) -> pd.DataFrame:
-    counts = pd.read_csv(path, sep="\t", index_col=0)
-    counts.index = counts.index.astype(str)
-    return counts
+def resolve_microns_per_pixel(slide: str, estimates: list[MppEstimate]) -> MppEstimate:
+    """Pick µm/px from ``estimates`` (ordered by trust) and check that they agree.
 
-
-def _resolve_mpp(
-    *, slide: str, sheet_value: float | None, image_value: float | None, pitch_px: float, platform: Platform
-) -> tuple[float, str]:
-    """Choose µm/px: the sample sheet first, then image metadata, then the spot grid pitch."""
-    grid_value = platform.spot_pitch_um / pitch_px
-    if sheet_value is not None and np.isfinite(sheet_value):
-        logger.info(
-            "%s: %.4f µm/px from the sample sheet (the %s spot grid gives %.4f)",
-            slide, sheet_value, platform.name, grid_value,
+    Raises
+    ------
+    MicronsPerPixelError
+        When there is no estimate, or when two estimates other than the sample sheet's differ
+        by more than :data:`MPP_TOLERANCE`.
+    """
+    listing = "; ".join(f"{e.source} {e.value:.4f} µm/px ({e.detail})" for e in estimates)
+    if not estimates:
+        raise MicronsPerPixelError(
+            f"slide {slide}: no µm/px from any source (no sample sheet value, no image metadata, no Space Ranger "
+            "spot_diameter_fullres, fewer than 2 spots for the grid pitch). Fill the microns_per_pixel column of the "
+            "sample sheet with the scanner's pixel size in µm."
         )
-        return float(sheet_value), "sample_sheet"
-    if image_value is not None:
-        logger.info("%s: %.4f µm/px from the image metadata", slide, image_value)
-        return float(image_value), "image_metadata"
-    logger.info(
-        "%s: %.4f µm/px from the %s spot grid pitch (%.1f px per %.0f µm)",
-        slide, grid_value, platform.name, pitch_px, platform.spot_pitch_um,
-    )
-    return grid_value, "spot_grid_pitch"
+    chosen = estimates[0]
+    derived = [e for e in estimates if e.source != "sample_sheet"]
+    pairs = [(a, b) for i, a in enumerate(derived) for b in derived[i + 1 :]]
+    conflict = next((p for p in pairs if abs(p[0].value - p[1].value) > MPP_TOLERANCE * min(p[0].value, p[1].value)), None)
+    if conflict is not None:
+        first, second = conflict
+        message = (
+            f"slide {slide}: µm/px sources disagree by more than {MPP_TOLERANCE:.0%}: {first.source} gives "
+            f"{first.value:.4f} ({first.detail}) but {second.source} gives {second.value:.4f} ({second.detail})"
+        )
+        if chosen.source != "sample_sheet":
+            raise MicronsPerPixelError(
+                f"{message}. Check the image and the platform column; once you know the right value, write it in "
+                f"the microns_per_pixel column of the sample sheet, which overrides the others. All sources: {listing}."
+            )
+        logger.warning("%s; the sample sheet's %.4f µm/px overrides them", message, chosen.value)
+    logger.info("%s: %.4f µm/px from %s (%s); all sources: %s", slide, chosen.value, chosen.source, chosen.detail, listing)
+    return chosen
 
 
-def read_her2st(row: Mapping) -> ad.AnnData:
-    """Read one her2st legacy-ST section as published by the study.
+def _mpp_estimates(row: Mapping, spots: SpotData, image: Slide, platform: Platform) -> list[MppEstimate]:
+    estimates = []
+    sheet_value = row.get("microns_per_pixel")
+    if sheet_value is not None and sheet_value != "" and not pd.isna(sheet_value):
+        estimates.append(MppEstimate(float(sheet_value), "sample_sheet", "microns_per_pixel column"))
+    if image.microns_per_pixel is not None:
+        estimates.append(MppEstimate(image.microns_per_pixel, "image_metadata", str(image.path)))
+    if spots.spot_diameter_px:
+        value = platform.fullres_spot_diameter_um / spots.spot_diameter_px
+        detail = f"spot_diameter_fullres {spots.spot_diameter_px:.2f} px = {platform.fullres_spot_diameter_um:.0f} µm"
+        estimates.append(MppEstimate(value, "spot_diameter", detail))
+    pitch = spot_pitch_px(spots.pixel_xy)
+    if pitch:
+        detail = f"{pitch:.1f} px between neighbouring spots = {platform.spot_pitch_um:.0f} µm ({platform.name})"
+        estimates.append(MppEstimate(platform.spot_pitch_um / pitch, "spot_grid_pitch", detail))
+    return estimates
+
+
+def _fraction_inside(pixel_xy: np.ndarray, width: int, height: int) -> float:
+    inside = (pixel_xy[:, 0] >= 0) & (pixel_xy[:, 1] >= 0) & (pixel_xy[:, 0] < width) & (pixel_xy[:, 1] < height)
+    return float(inside.mean())
+
+
+def check_spot_positions(
+    slide: str, spots: SpotData, image: Slide, thumbnail: np.ndarray, scale: float, *, min_on_tissue: float
+) -> dict[str, float]:
+    """Stop when most spot centres fall outside the image or on background.
+
+    Returns the fractions of spots inside the image and on detected tissue. The message
+    says when swapping x and y would put the spots on the image or its tissue.
+    """
+    width, height = image.dimensions
+    where = f"spot positions of slide {slide} ({spots.files.get('spots', spots.files['counts'])})"
+    swapped = spots.pixel_xy[:, ::-1]
+    inside = _fraction_inside(spots.pixel_xy, width, height)
+    inside_swapped = _fraction_inside(swapped, width, height)
+    example = ", ".join(f"{b} at ({x:.0f}, {y:.0f})" for b, (x, y) in zip(spots.barcodes[:2], spots.pixel_xy[:2]))
+    if inside < MIN_SPOTS_IN_IMAGE:
+        if inside_swapped >= SWAPPED_EVIDENCE:
+            hint = (
+                f"With x and y swapped {inside_swapped:.0%} would fall inside, so the columns look swapped: x is the "
+                "image column (pixel_x, pxl_col_in_fullres) and y the row (pixel_y, pxl_row_in_fullres)."
+            )
+        else:
+            hint = (
+                "Check that the image is the full-resolution image the positions refer to (not a downscaled copy "
+                "such as tissue_hires_image.png) and that the positions are in full-resolution pixels."
+            )
+        raise SpotPositionError(
+            f"{where}: only {inside:.0%} of {len(spots.barcodes)} spot centres fall inside image {image.path} "
+            f"({width} x {height} px); e.g. {example}. {hint}"
+        )
+    mask = tissue_mask(thumbnail)
+    on_tissue = fraction_on_mask(mask, spots.pixel_xy, scale)
+    on_tissue_swapped = fraction_on_mask(mask, swapped, scale)
+    if on_tissue < min_on_tissue:
+        if on_tissue_swapped >= max(SWAPPED_EVIDENCE, on_tissue + 0.3):
+            hint = (
+                f"With x and y swapped {on_tissue_swapped:.0%} would be on tissue, so the columns look swapped: x is "
+                "the image column (pixel_x, pxl_col_in_fullres) and y the row (pixel_y, pxl_row_in_fullres)."
+            )
+        else:
+            hint = (
+                "Check that the image belongs to this section and that the positions are aligned to it. For pale "
+                "tissue (fat) that the saturation threshold misses, lower ingest.min_spots_on_tissue in the config."
+            )
+        raise SpotPositionError(
+            f"{where}: only {on_tissue:.0%} of the spot centres lie on tissue detected in {image.path} "
+            f"(ingest.min_spots_on_tissue = {min_on_tissue}). {hint}"
+        )
+    if inside < 1.0:
+        logger.warning("%s: %.1f %% of spot centres lie outside the image; their patches will be padded", slide, 100 * (1 - inside))
+    logger.info("%s: %.0f %% of spot centres inside the image, %.0f %% on detected tissue", slide, 100 * inside, 100 * on_tissue)
+    return {"fraction_in_image": inside, "fraction_on_tissue": on_tissue}
+
+
+def _platform(row: Mapping) -> Platform:
+    name = row.get("platform") or DEFAULT_PLATFORM.get(str(row["format"]))
+    if name not in PLATFORMS:
+        raise InputError(
+            f"slide {row['slide']}: platform {name!r} is not known; valid platforms: {sorted(PLATFORMS)}. Fill the "
+            "platform column of the sample sheet."
+        )
+    return PLATFORMS[name]
+
+
+def _open_image(row: Mapping) -> Slide:
+    try:
+        return open_slide(row["image"])
+    except SlideReadError as error:
+        raise SlideReadError(f"slide {row['slide']}: {error}") from error
+
+
+def read_slide(row: Mapping, *, in_tissue_only: bool = True, min_spots_on_tissue: float = 0.5) -> ad.AnnData:
+    """Read the section of a sample sheet row with the reader named in its ``format`` column.
 
     Parameters
     ----------
     row
-        Sample sheet row with ``slide``, ``patient``, ``counts`` (``<slide>.tsv.gz``, spots x
-        genes, rows named ``<x>x<y>`` in array units), ``spots`` (``<slide>_selection.tsv``
-        with array ``x``/``y``, aligned ``new_x``/``new_y`` and full-resolution
-        ``pixel_x`` = column and ``pixel_y`` = row), ``image`` and optionally
-        ``microns_per_pixel``.
+        Sample sheet row: ``slide``, ``patient``, ``format``, ``counts``, ``spots``,
+        ``image`` and the optional ``microns_per_pixel``, ``platform`` and ``counts_key``.
+    in_tissue_only
+        Keep only spots the input marks as under tissue (Visium ``in_tissue``, her2st
+        ``selected``).
+    min_spots_on_tissue
+        Fewest spot centres (fraction) that must lie on tissue detected in the image.
 
     Returns
     -------
-    AnnData of the spots present in both files, in the layout of this module's docstring.
+    AnnData in the layout of this module's docstring.
     """
-    slide_id = str(row["slide"])
-    counts_path, spots_path = Path(row["counts"]), Path(row["spots"])
-    platform = PLATFORMS["legacy_st"]
-
-    counts = _read_her2st_counts(counts_path)
-    spots = pd.read_csv(spots_path, sep="\t")
-    missing = {"x", "y", "pixel_x", "pixel_y"} - set(spots.columns)
-    if missing:
-        raise ValueError(
-            f"{slide_id}: spot file {spots_path} lacks the columns {sorted(missing)}; a her2st "
-            "selection file has x, y, new_x, new_y, pixel_x, pixel_y and selected."
+    slide, fmt = str(row["slide"]), str(row["format"])
+    try:
+        reader = READERS[fmt]
+    except KeyError:
+        raise InputError(f"slide {slide}: unknown format {fmt!r}; valid formats: {sorted(READERS)}. Fix the `format` column.") from None
+    platform = _platform(row)
+    spots = reader(row, in_tissue_only=in_tissue_only)
+    dropped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in spots.n_dropped.items() if n)
+    if len(spots.barcodes) == 0:
+        raise InputError(
+            f"slide {slide}: no spots left in {spots.files['counts']} after keeping spots under tissue ({dropped or 'none dropped'}). "
+            "Check that the counts and positions belong to this section and that its tissue flags are set; set "
+            "ingest.in_tissue_only to false to keep every spot."
         )
-    if "selected" in spots.columns:
-        spots = spots[spots["selected"] == 1]
-    spots.index = spots["x"].astype(int).astype(str) + "x" + spots["y"].astype(int).astype(str)
-    shared = counts.index.intersection(spots.index, sort=False)
-    if len(shared) == 0:
-        raise ValueError(
-            f"{slide_id}: no spot of {counts_path} (rows like {list(counts.index[:3])}) is in "
-            f"{spots_path} (spots like {list(spots.index[:3])}). Check that both files belong to the same section."
-        )
-    dropped = len(counts) - len(shared)
     if dropped:
-        logger.info("%s: %d of %d spots of the counts file are not under tissue in the spot file", slide_id, dropped, len(counts))
-    counts, spots = counts.loc[shared], spots.loc[shared]
+        logger.info("%s: left out %s", slide, dropped)
+    hint = "Set the counts_key column of the sample sheet to raw or layers/<name> of the raw counts." if fmt == "h5ad" else ""
+    check_raw_counts(spots.counts, what=f"counts of slide {slide}", path=spots.files["counts"], hint=hint)
 
-    matrix = sp.csr_matrix(counts.to_numpy(dtype=np.float32))
-    check_raw_counts(matrix, what=f"counts of slide {slide_id}", path=counts_path)
-
-    array_cols = ["new_x", "new_y"] if {"new_x", "new_y"} <= set(spots.columns) else ["x", "y"]
-    pixel_xy = spots[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
-    pitch_px, residual = grid_pitch_px(spots[array_cols].to_numpy(dtype=np.float64), pixel_xy)
-    logger.info("%s: spot grid pitch %.1f px (fit residual %.1f px over %d spots)", slide_id, pitch_px, residual, len(spots))
-
-    image = open_slide(row["image"])
-    sheet_mpp = row.get("microns_per_pixel")
-    sheet_mpp = None if sheet_mpp is None or sheet_mpp == "" or pd.isna(sheet_mpp) else float(sheet_mpp)
-    mpp, mpp_source = _resolve_mpp(
-        slide=slide_id, sheet_value=sheet_mpp, image_value=image.microns_per_pixel, pitch_px=pitch_px, platform=platform
-    )
-
-    obs = pd.DataFrame(
-        {
-            keys.SLIDE_COL: slide_id,
-            keys.PATIENT_COL: str(row["patient"]),
-            keys.ARRAY_X_COL: spots["x"].astype(int).to_numpy(),
-            keys.ARRAY_Y_COL: spots["y"].astype(int).to_numpy(),
-        },
-        index=pd.Index(shared, name=keys.BARCODE_COL),
-    )
-    adata = ad.AnnData(X=matrix, obs=obs, var=pd.DataFrame(index=counts.columns.astype(str)))
-    adata.obsm[keys.SPATIAL_KEY] = pixel_xy
-    _attach_spatial_layout(adata, slide_id=slide_id, image=image, mpp=mpp, mpp_source=mpp_source, platform=platform)
-    adata.uns[keys.HISTODECON_UNS_KEY].update(
-        {"grid_pitch_px": pitch_px, "grid_fit_residual_px": residual, "counts_path": str(counts_path), "spots_path": str(spots_path)}
-    )
-    return adata
-
-
-def _attach_spatial_layout(adata: ad.AnnData, *, slide_id: str, image, mpp: float, mpp_source: str, platform: Platform) -> None:
-    """Write the scanpy/squidpy ``uns["spatial"]`` entry and the histodecon provenance."""
+    image = _open_image(row)
     thumbnail, scale = image.thumbnail(HIRES_MAX_PX)
+    checks = check_spot_positions(slide, spots, image, thumbnail, scale, min_on_tissue=min_spots_on_tissue)
+    estimates = _mpp_estimates(row, spots, image, platform)
+    mpp = resolve_microns_per_pixel(slide, estimates)
+
+    obs = pd.DataFrame({keys.SLIDE_COL: slide, keys.PATIENT_COL: str(row["patient"])}, index=pd.Index(spots.barcodes, name=keys.BARCODE_COL))
+    if spots.array_rowcol is not None:
+        obs[keys.ARRAY_ROW_COL] = spots.array_rowcol[:, 0]
+        obs[keys.ARRAY_COL_COL] = spots.array_rowcol[:, 1]
+    adata = ad.AnnData(X=spots.counts, obs=obs, var=pd.DataFrame(index=pd.Index(spots.genes, name="gene")))
+    adata.obsm[keys.SPATIAL_KEY] = spots.pixel_xy
     adata.uns[keys.SPATIAL_KEY] = {
-        slide_id: {
+        slide: {
             "images": {keys.HIRES_IMAGE_KEY: thumbnail},
             "scalefactors": {
                 keys.HIRES_SCALE_KEY: scale,
-                keys.SPOT_DIAMETER_KEY: platform.spot_diameter_um / mpp,
-                keys.MPP_KEY: mpp,
+                keys.SPOT_DIAMETER_KEY: platform.spot_diameter_um / mpp.value,
+                keys.MPP_KEY: mpp.value,
             },
             "metadata": {"source_image_path": str(image.path)},
         }
     }
     adata.uns[keys.HISTODECON_UNS_KEY] = {
-        keys.MPP_KEY: mpp,
-        keys.MPP_SOURCE_KEY: mpp_source,
+        keys.MPP_KEY: mpp.value,
+        keys.MPP_SOURCE_KEY: mpp.source,
+        "microns_per_pixel_detail": mpp.detail,
+        "microns_per_pixel_estimates": {e.source: e.value for e in estimates},
+        "format": fmt,
         "platform": platform.name,
         "spot_diameter_um": platform.spot_diameter_um,
         "spot_pitch_um": platform.spot_pitch_um,
         "image_path": str(image.path),
         "image_width_px": image.dimensions[0],
         "image_height_px": image.dimensions[1],
+        "input_files": {role: str(path) for role, path in spots.files.items()},
+        "spots_dropped": dict(spots.n_dropped),
+        **checks,
     }
-
-
-READERS: dict[str, Callable[[Mapping], ad.AnnData]] = {"her2st": read_her2st}
-
-
-def read_slide(row: Mapping) -> ad.AnnData:
-    """Read the slide of a sample sheet row with the reader named in its ``format`` column."""
-    fmt = str(row["format"])
-    try:
-        reader = READERS[fmt]
-    except KeyError:
-        raise ValueError(
-            f"slide {row['slide']}: unknown format {fmt!r}; valid formats: {sorted(READERS)}. Fix the `format` column."
-        ) from None
-    adata = reader(row)
-    logger.info(
-        "%s: %d spots x %d genes, %.4f µm/px (%s)",
-        row["slide"], adata.n_obs, adata.n_vars,
-        adata.uns[keys.HISTODECON_UNS_KEY][keys.MPP_KEY], adata.uns[keys.HISTODECON_UNS_KEY][keys.MPP_SOURCE_KEY],
-    )
+    logger.info("%s: %d spots x %d genes, %.4f µm/px (%s)", slide, adata.n_obs, adata.n_vars, mpp.value, mpp.source)
     return adata

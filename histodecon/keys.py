@@ -18,8 +18,8 @@ HISTODECON_UNS_KEY = "histodecon"  # uns: provenance of the ingest
 SLIDE_COL = "slide"
 PATIENT_COL = "patient"
 BARCODE_COL = "barcode"
-ARRAY_X_COL = "array_x"
-ARRAY_Y_COL = "array_y"
+ARRAY_ROW_COL = "array_row"  # spot grid row (squidpy/scanpy Visium naming)
+ARRAY_COL_COL = "array_col"  # spot grid column
 
 # Column prefixes of wide tables, one column per cell type or embedding dimension.
 Q05_PREFIX = "q05:"  # cell2location 5 % posterior quantile of abundance (cells per spot)

@@ -34,9 +34,9 @@ __all__ = [
 ]
 
 
-def ingest_slide(row: Mapping, output: str | Path) -> None:
-    """Read one sample sheet row and write its AnnData (``.h5ad``)."""
-    adata = read_slide(row)
+def ingest_slide(row: Mapping, output: str | Path, *, in_tissue_only: bool = True, min_spots_on_tissue: float = 0.5) -> None:
+    """Read one sample sheet row and write its AnnData (``.h5ad``); nothing is written on error."""
+    adata = read_slide(row, in_tissue_only=in_tissue_only, min_spots_on_tissue=min_spots_on_tissue)
     adata.uns[keys.HISTODECON_UNS_KEY]["versions"] = package_versions()
     with atomic_path(output) as tmp:
         adata.write_h5ad(tmp)

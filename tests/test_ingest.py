@@ -8,7 +8,7 @@ import pytest
 
 from histodecon import keys
 from histodecon.counts import RawCountsError, check_raw_counts
-from histodecon.ingest import grid_pitch_px, read_slide
+from histodecon.ingest import read_slide, spot_pitch_px
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +66,28 @@ def test_ingest_unknown_format_names_options(c2_row):
         read_slide({**c2_row, "format": "visium_hd"})
 
 
-def test_grid_pitch_recovers_known_affine():
-    array = np.array([[x, y] for x in range(5) for y in range(4)], dtype=float)
-    pixel = array @ np.array([[290.0, 3.0], [-2.0, 291.0]]) + [100.0, 50.0]
-    pitch, residual = grid_pitch_px(array, pixel)
-    assert pitch == pytest.approx((np.hypot(290, 3) + np.hypot(2, 291)) / 2)
-    assert residual == pytest.approx(0.0, abs=1e-9)
+def square_grid(pitch: float, n: int = 12) -> np.ndarray:
+    return np.array([[x, y] for x in range(n) for y in range(n)], dtype=float) * pitch
+
+
+def hexagonal_grid(pitch: float, rows: int = 12, cols: int = 24) -> np.ndarray:
+    """Visium layout: every other column per row, rows sqrt(3)/2 pitches apart."""
+    return np.array([[c * pitch / 2, r * pitch * np.sqrt(3) / 2] for r in range(rows) for c in range(cols) if (r + c) % 2 == 0])
+
+
+@pytest.mark.parametrize("grid", [square_grid, hexagonal_grid])
+def test_spot_pitch_exact_grid(grid):
+    assert spot_pitch_px(grid(145.0)) == pytest.approx(145.0)
+
+
+@pytest.mark.parametrize("grid", [square_grid, hexagonal_grid])
+def test_spot_pitch_jittered_grid_unbiased(grid):
+    xy = grid(290.0) + np.random.default_rng(0).normal(0, 8, size=(len(grid(290.0)), 2))
+    assert spot_pitch_px(xy) == pytest.approx(290.0, rel=0.01)
+
+
+def test_spot_pitch_needs_two_spots():
+    assert spot_pitch_px(np.array([[1.0, 2.0]])) is None
 
 
 @pytest.mark.parametrize(

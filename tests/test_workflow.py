@@ -8,12 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from conftest import PROJECT_ROOT
+from histodecon.ingest import spot_pitch_px
+from layouts import read_her2st_region, write_space_ranger, write_spatial_h5ad, write_tiff_pyramid
 
 pytestmark = pytest.mark.slow
 
@@ -156,6 +160,49 @@ def test_single_patient_folds_rejected_early(workdir):
     result = snakemake(workdir, "--dry-run", "--config", "cv={'group_by': 'patient'}")
     assert result.returncode != 0
     assert "needs at least 2 groups" in result.stderr + result.stdout
+
+
+@pytest.fixture(scope="module")
+def layouts_run(workdir, tiny_data, tmp_path_factory) -> Path:
+    """The C2 region as her2st files, a Space Ranger folder and an AnnData + TIFF pyramid, run to patches."""
+    root = tmp_path_factory.mktemp("layouts_workflow")
+    (root / "config").mkdir()
+    row = tiny_data["sheet"].iloc[0].to_dict()
+    counts, spots = read_her2st_region(row)
+    # The her2st row's own µm/px (from its grid pitch), written into the Space Ranger and
+    # AnnData scale factors and the TIFF tags, so all three rows cut the same boxes.
+    mpp = 200.0 / spot_pitch_px(spots[["pixel_x", "pixel_y"]].to_numpy(dtype=float))
+    counts_path, spatial = write_space_ranger(
+        root / "C2sr" / "outs", counts, spots, variant="tissue_positions_list.csv", spot_diameter_px=100.0 / mpp
+    )
+    write_spatial_h5ad(root / "C2ad.h5ad", counts, spots, library_id="C2ad", spot_diameter_px=100.0 / mpp)
+    write_tiff_pyramid(root / "C2ad.tif", np.asarray(Image.open(row["image"]).convert("RGB")), microns_per_pixel=mpp)
+    sheet = pd.DataFrame(
+        [
+            {**row, "slide": "C2", "platform": "", "counts_key": ""},
+            {**row, "slide": "C2sr", "format": "visium", "counts": str(counts_path), "spots": str(spatial), "platform": "legacy_st", "counts_key": ""},
+            {**row, "slide": "C2ad", "format": "h5ad", "counts": str(root / "C2ad.h5ad"), "spots": "", "image": str(root / "C2ad.tif"), "platform": "legacy_st", "counts_key": "layers/counts"},
+        ]
+    )
+    sheet.to_csv(root / "config" / "samples.tsv", sep="\t", index=False)
+    (root / "config" / "config.yaml").write_text((workdir / "config" / "config.yaml").read_text())
+    result = snakemake(root, "--cores", "2", *(f"results/patches/{s}.h5" for s in sheet["slide"]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+@pytest.mark.parametrize("slide", ["C2sr", "C2ad"])
+def test_layouts_through_workflow_give_same_patches(layouts_run, slide):
+    with h5py.File(layouts_run / "results" / "patches" / "C2.h5") as expected, h5py.File(layouts_run / "results" / "patches" / f"{slide}.h5") as other:
+        order = pd.Index(other["barcode"].asstr()[()]).get_indexer(expected["barcode"].asstr()[()])
+        assert (order >= 0).all()
+        np.testing.assert_array_equal(other["images"][()][order], expected["images"][()])
+
+
+@pytest.mark.parametrize(("slide", "source"), [("C2", "spot_grid_pitch"), ("C2sr", "spot_diameter"), ("C2ad", "image_metadata")])
+def test_layouts_through_workflow_record_mpp_source(layouts_run, slide, source):
+    with h5py.File(layouts_run / "results" / "patches" / f"{slide}.h5") as patches:
+        assert patches.attrs["source_microns_per_pixel_source"] == source
 
 
 def test_workflow_lint_clean():

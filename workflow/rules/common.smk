@@ -34,6 +34,12 @@ def sample_row(slide):
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
 
 
+def ingest_inputs(wildcards):
+    """Return the input files of a slide's row (files or Space Ranger folders), by role."""
+    row = SAMPLES.loc[wildcards.slide]
+    return {role: row[role] for role in ("counts", "spots", "image") if row[role]}
+
+
 def slides_with_published_proportions():
     return [s for s in SLIDES if SAMPLES.loc[s, "published_proportions"]]
 

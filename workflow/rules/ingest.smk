@@ -1,15 +1,15 @@
-# Stage 1: read each section (counts, spot centres, H&E image) into one AnnData.
+# Stage 1: read each section (counts, spot centres, H&E image) into one AnnData at its
+# physical scale; bad input stops here with a message that names the file and the fix.
 
 
 rule ingest:
     input:
-        counts=lambda wc: SAMPLES.loc[wc.slide, "counts"],
-        spots=lambda wc: SAMPLES.loc[wc.slide, "spots"],
-        image=lambda wc: SAMPLES.loc[wc.slide, "image"],
+        unpack(ingest_inputs),
     output:
         h5ad="results/ingest/{slide}.h5ad",
     params:
         row=lambda wc: sample_row(wc.slide),
+        options=config["ingest"],
     log:
         "logs/ingest/{slide}.log",
     benchmark:

@@ -6,4 +6,4 @@ configure_logging(snakemake.log[0])
 
 from histodecon.pipeline import ingest_slide  # noqa: E402
 
-ingest_slide(snakemake.params.row, snakemake.output.h5ad)
+ingest_slide(snakemake.params.row, snakemake.output.h5ad, **snakemake.params.options)

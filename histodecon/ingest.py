@@ -121,7 +121,8 @@ def resolve_microns_per_pixel(slide: str, estimates: list[MppEstimate]) -> MppEs
                 f"the microns_per_pixel column of the sample sheet, which overrides the others. All sources: {listing}."
             )
         logger.warning("%s; the sample sheet's %.4f µm/px overrides them", message, chosen.value)
-    logger.info("%s: %.4f µm/px from %s (%s); all sources: %s", slide, chosen.value, chosen.source, chosen.detail, listing)
+    others = f"; all sources: {listing}" if len(estimates) > 1 else ""
+    logger.info("%s: %.4f µm/px from %s (%s)%s", slide, chosen.value, chosen.source, chosen.detail, others)
     return chosen
 
 

@@ -10,7 +10,9 @@ precision, the device and the patch geometry, so an embedding file documents its
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -25,7 +27,7 @@ from histodecon.backbones import BackboneSpec, Encoder, get_backbone, load_encod
 from histodecon.io import write_parquet
 from histodecon.keys import (
     BARCODE_COL,
-    EMBEDDING_PREFIX,
+    embedding_columns,
     PADDED_COL,
     PATCH_IMAGES,
     TISSUE_FRACTION_COL,
@@ -56,21 +58,19 @@ _NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 MICRONS_PER_PIXEL_TOLERANCE = 0.10
 
 
-def embedding_columns(embedding_dim: int) -> list[str]:
-    """Return the embedding column names ``emb_0000`` ... for ``embedding_dim`` dimensions."""
-    return [f"{EMBEDDING_PREFIX}{index:04d}" for index in range(embedding_dim)]
-
-
 class PatchDataset(Dataset):
     """Batches of patches from a patch file, read with one HDF5 call per batch.
 
     Index it with a list of increasing indices (as a ``BatchSampler`` yields them); it
-    returns a uint8 tensor, shape (len(indices), P, P, 3). The file is opened on first
-    access in each process, so DataLoader workers never share an HDF5 handle.
+    returns a uint8 tensor, shape (len(indices), P, P, 3), passed through ``transform``
+    when one is given (the encoder's resize and normalisation, so DataLoader workers do
+    that work while the model runs). The file is opened on first access in each process,
+    so workers never share an HDF5 handle.
     """
 
-    def __init__(self, patch_file: str | Path) -> None:
+    def __init__(self, patch_file: str | Path, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.path = Path(patch_file)
+        self.transform = transform
         with h5py.File(self.path, "r") as h5:
             self._length = int(h5[PATCH_IMAGES].shape[0])
         self._file: h5py.File | None = None
@@ -92,7 +92,8 @@ class PatchDataset(Dataset):
             batch = images[first : last + 1]
         else:
             batch = images[np.asarray(indices)]
-        return torch.from_numpy(batch)
+        batch = torch.from_numpy(batch)
+        return self.transform(batch) if self.transform is not None else batch
 
     def close(self) -> None:
         """Close the HDF5 file of this process, if open."""
@@ -123,7 +124,7 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
 def _resolve_precision(precision: Precision, device: torch.device, spec: BackboneSpec) -> str:
     if precision not in get_args(Precision):
         raise ValueError(f"invalid precision {precision!r}; valid: {', '.join(get_args(Precision))}")
-    if spec.family != "timm":
+    if spec.family == "morphology":
         if precision not in ("auto", "fp32"):
             logger.warning("precision %s ignored: backbone %s computes its features on the CPU without autocast", precision, spec.name)
         return "fp32"
@@ -136,7 +137,7 @@ def _resolve_precision(precision: Precision, device: torch.device, spec: Backbon
 
 def _check_scale(spec: BackboneSpec, info: PatchFileInfo) -> float:
     """Return the µm/px of the patches after resizing to the backbone input; warn on a mismatch."""
-    input_mpp = info.microns_per_pixel * info.patch_px / spec.input_px
+    input_mpp = info.microns_per_pixel * info.patch_px / (spec.resize_px or spec.input_px)
     relative = abs(input_mpp / spec.microns_per_pixel - 1.0)
     if relative > MICRONS_PER_PIXEL_TOLERANCE:
         logger.warning(
@@ -148,11 +149,32 @@ def _check_scale(spec: BackboneSpec, info: PatchFileInfo) -> float:
             input_mpp,
             info.patch_px,
             info.microns_per_pixel,
-            spec.input_px,
+            spec.resize_px or spec.input_px,
             100 * relative,
             spec.microns_per_pixel,
         )
     return input_mpp
+
+
+def resolve_num_workers(num_workers: int | Literal["auto"], device: torch.device) -> int:
+    """Return the DataLoader workers to use: ``auto`` is 0 on the CPU and up to 4 with CUDA.
+
+    On the CPU the model already uses every core, and a worker competes with it: on 2 cores,
+    ViT-S/16 ran end to end at 104 % of its model-only speed with no worker and at 91 % and
+    87 % with 1 and 2 workers (docs/benchmarks.md). Preparing a batch costs a few percent of
+    a forward pass there. With CUDA the CPU is free while the GPU computes, so workers
+    prepare the next batches in parallel.
+    """
+    if num_workers == "auto":
+        return min(4, max((os.cpu_count() or 1) - 1, 0)) if device.type == "cuda" else 0
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be 'auto' or an integer of 0 or more, got {num_workers!r}")
+    return num_workers
+
+
+def _single_thread_worker(worker_id: int) -> None:
+    """Keep each DataLoader worker on one thread, so workers and the model share the cores."""
+    torch.set_num_threads(1)
 
 
 def compute_embeddings(
@@ -179,7 +201,8 @@ def compute_embeddings(
     device
         Device the encoder is on; batches are moved there.
     num_workers
-        DataLoader worker processes that read the HDF5 file (0 reads in the main process).
+        DataLoader worker processes that read the HDF5 file and, for network encoders,
+        resize and normalise each batch (0 does both in the main process).
 
     Returns
     -------
@@ -195,10 +218,19 @@ def compute_embeddings(
     if info.n_spots == 0:
         return np.empty((0, width), dtype=np.float32)
 
-    dataset = PatchDataset(info.path)
+    # The morphology features need uint8 pixels and the patch µm/px; networks take batches
+    # that the workers have already resized and normalised.
+    is_network = encoder.spec.family != "morphology"
+    dataset = PatchDataset(info.path, transform=encoder.preprocess if is_network else None)
     sampler = BatchSampler(SequentialSampler(range(len(dataset))), batch_size=batch_size, drop_last=False)
     loader = DataLoader(
-        dataset, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda"
+        dataset,
+        sampler=sampler,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_single_thread_worker,
+        persistent_workers=False,
     )
     autocast_dtype = _AUTOCAST_DTYPES.get(precision)
     output = np.empty((info.n_spots, width), dtype=np.float32)
@@ -208,10 +240,14 @@ def compute_embeddings(
         device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
     ):
         try:
-            for images in progress:
-                embeddings = encoder.encode(images.to(device, non_blocking=True), microns_per_pixel=info.microns_per_pixel)
-                output[row : row + len(images)] = embeddings.float().cpu().numpy()
-                row += len(images)
+            for batch in progress:
+                batch = batch.to(device, non_blocking=True)
+                if is_network:
+                    embeddings = encoder.forward_embedding(batch)
+                else:
+                    embeddings = encoder.encode(batch, microns_per_pixel=info.microns_per_pixel)
+                output[row : row + len(batch)] = embeddings.float().cpu().numpy()
+                row += len(batch)
         finally:
             dataset.close()
     return output
@@ -226,8 +262,9 @@ def embed_slide(
     batch_size: int = 32,
     precision: Precision = "auto",
     device: DeviceChoice = "auto",
-    num_workers: int = 0,
+    num_workers: int | Literal["auto"] = "auto",
     seed: int = 0,
+    trust_remote_code: Collection[str] = (),
 ) -> pd.DataFrame:
     """Embed every patch of one slide and write the table as parquet.
 
@@ -250,9 +287,12 @@ def embed_slide(
     device
         ``"auto"`` uses CUDA when available, else the CPU.
     num_workers
-        DataLoader worker processes that read the patch file.
+        DataLoader worker processes that read the patch file and prepare batches; ``"auto"``
+        is explained at :func:`resolve_num_workers`.
     seed
         Seed of random-weight backbones (controls).
+    trust_remote_code
+        Backbones whose hub repository code may run (config ``embedding.trust_remote_code``).
 
     Returns
     -------
@@ -278,7 +318,7 @@ def embed_slide(
         batch_size,
     )
 
-    encoder = load_encoder(spec, weights=weights, seed=seed).to(resolved_device)
+    encoder = load_encoder(spec, weights=weights, seed=seed, trust_remote_code=trust_remote_code).to(resolved_device)
     encode_start = time.perf_counter()
     embeddings = compute_embeddings(
         info,
@@ -286,7 +326,7 @@ def embed_slide(
         batch_size=batch_size,
         precision=resolved_precision,
         device=resolved_device,
-        num_workers=num_workers,
+        num_workers=resolve_num_workers(num_workers, resolved_device),
     )
     encode_seconds = time.perf_counter() - encode_start
 
@@ -312,6 +352,7 @@ def embed_slide(
         "device": str(resolved_device),
         "batch_size": batch_size,
         "input_px": spec.input_px,
+        "resize_px": spec.resize_px,
         "input_microns_per_pixel": input_mpp,
         "patch_geometry": info.geometry,
         "versions": package_versions(),

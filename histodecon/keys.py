@@ -51,6 +51,11 @@ def prefixed_columns(columns, prefix: str) -> list[str]:
     return [c for c in columns if c.startswith(prefix)]
 
 
+def embedding_columns(embedding_dim: int, *, start: int = 0) -> list[str]:
+    """Return the embedding column names ``emb_0000`` ... for ``embedding_dim`` dimensions from ``start``."""
+    return [f"{EMBEDDING_PREFIX}{index:04d}" for index in range(start, start + embedding_dim)]
+
+
 def strip_prefix(columns, prefix: str) -> list[str]:
     """Return the cell-type (or dimension) names of prefixed columns."""
     return [c[len(prefix) :] for c in prefixed_columns(columns, prefix)]

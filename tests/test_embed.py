@@ -238,3 +238,18 @@ def test_auto_precision_follows_cpu(
     monkeypatch.setattr(embed_module, "cpu_has_native_bf16", lambda: native)
     embed_slide(patch_file, tmp_path / "auto.parquet", backbone="vit_small_random", batch_size=6, device="cpu")
     assert read_parquet_metadata(tmp_path / "auto.parquet")["precision"] == expected
+
+
+def test_num_workers_auto_by_device():
+    from histodecon.embed import resolve_num_workers
+
+    assert resolve_num_workers("auto", torch.device("cpu")) == 0
+    assert 0 <= resolve_num_workers("auto", torch.device("cuda")) <= 4
+    assert resolve_num_workers(3, torch.device("cpu")) == 3
+
+
+def test_num_workers_rejects_negative():
+    from histodecon.embed import resolve_num_workers
+
+    with pytest.raises(ValueError, match="'auto' or an integer"):
+        resolve_num_workers(-1, torch.device("cpu"))

@@ -20,4 +20,5 @@ embed_slide(
     device=options["device"],
     num_workers=options["num_workers"],
     seed=options["seed"],
+    trust_remote_code=options["trust_remote_code"],
 )

@@ -156,6 +156,50 @@ def test_per_slide_mode_writes_labels(per_slide_workdir):
     assert (per_slide_workdir / "results" / "labels" / "mapping_elbo" / "C2.png").exists()
 
 
+@pytest.fixture(scope="module")
+def combined_workdir(workdir, tmp_path_factory) -> Path:
+    """The tiny workflow with one listed encoder and two combinations that share it."""
+    root = tmp_path_factory.mktemp("combined")
+    (root / "config").mkdir()
+    (root / "config" / "samples.tsv").write_text((workdir / "config" / "samples.tsv").read_text())
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    config["backbones"] = ["morphology"]
+    config["combined_backbones"] = {
+        "morphology+vit_small_random": ["morphology", "vit_small_random"],
+        "vit_small_random+morphology": ["vit_small_random", "morphology"],
+    }
+    (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def test_combined_backbones_fan_out(combined_workdir):
+    result = snakemake(combined_workdir, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    # vit_small_random is embedded although only the combinations list it, once per slide.
+    assert counts["embed"] == 3 * 2
+    assert counts["combine_embeddings"] == 3 * 2
+    assert counts["cross_validate"] == 3 * len(REGRESSORS)
+    assert counts["evaluate"] == 3 * len(REGRESSORS)
+    assert "results/cv/vit_small_random+morphology/ridge/predictions.parquet" in result.stdout
+    assert "results/embeddings/morphology+vit_small_random/C2.parquet" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("combination", "message"),
+    [
+        ("{'m+x': ['morphology', 'not_an_encoder']}", "unknown backbone 'not_an_encoder'"),
+        ("{'m': ['morphology']}", "['morphology'] is too short"),
+        ("{'uni': ['morphology', 'vit_small_random']}", "'uni' is a registered backbone"),
+    ],
+)
+def test_bad_combination_rejected_early(workdir, combination, message):
+    result = snakemake(workdir, "--dry-run", "--config", f"combined_backbones={combination}")
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert "Job stats" not in result.stdout
+
+
 def test_single_patient_folds_rejected_early(workdir):
     result = snakemake(workdir, "--dry-run", "--config", "cv={'group_by': 'patient'}")
     assert result.returncode != 0

@@ -1,15 +1,24 @@
 # Sample sheet loading, wildcard constraints and input functions shared by all rule files.
 
-from histodecon.backbones import get_backbone
+import re
+
+from histodecon.backbones import get_backbone, list_backbones
+from histodecon.combine import check_combined_backbones
 from histodecon.samples import read_sample_sheet
 
 SAMPLES = read_sample_sheet(config["samples"])
 validate(SAMPLES, "../schemas/samples.schema.yaml")
 SLIDES = SAMPLES.index.tolist()
-BACKBONES = config["backbones"]
+COMBINED_BACKBONES = config["combined_backbones"]
+# Backbones that are cross-validated and evaluated: the listed encoders, then the combined
+# ones. The components of a combination are embedded whether or not they are listed.
+BACKBONES = config["backbones"] + list(COMBINED_BACKBONES)
 REGRESSORS = config["cv"]["regressors"]
 
-for _backbone in BACKBONES:
+check_combined_backbones(
+    COMBINED_BACKBONES, registered=list_backbones(), configured=config["backbones"]
+)
+for _backbone in config["backbones"]:
     get_backbone(_backbone)  # an unknown name stops here, with the list of valid names
 
 # Fail at DAG build, not after hours of fitting, when the folds cannot be formed.
@@ -24,8 +33,13 @@ if _n_groups < 2:
 
 wildcard_constraints:
     slide="[A-Za-z0-9][A-Za-z0-9._-]*",
-    backbone="[A-Za-z0-9_]+",
+    backbone="[A-Za-z0-9_+]+",
     regressor="[a-z]+",
+
+
+def wildcard_choices(names):
+    """Return a regex that matches exactly one of ``names``, or nothing when there are none."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
 
 
 def sample_row(slide):
@@ -48,6 +62,15 @@ def backbone_weights(wildcards):
     """Return the configured local weight file of a backbone as an input, or nothing."""
     path = config["backbone_weights"].get(wildcards.backbone)
     return [path] if path else []
+
+
+def combined_components(wildcards):
+    """Return a slide's embedding files of a combined backbone's components, in their order."""
+    return expand(
+        "results/embeddings/{backbone}/{slide}.parquet",
+        backbone=COMBINED_BACKBONES[wildcards.backbone],
+        slide=wildcards.slide,
+    )
 
 
 def backbone_gpus(wildcards):

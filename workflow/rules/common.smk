@@ -2,7 +2,7 @@
 
 import re
 
-from histodecon.backbones import get_backbone, list_backbones
+from histodecon.registry import get_backbone, list_backbones
 from histodecon.combine import check_combined_backbones
 from histodecon.samples import read_sample_sheet
 

@@ -261,3 +261,55 @@ def test_snakefmt_clean():
     snakefmt = Path(sys.executable).parent / "snakefmt"
     result = subprocess.run([str(snakefmt), "--check", str(PROJECT_ROOT)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def dry_run_jobs(result: subprocess.CompletedProcess) -> dict[str, list[str]]:
+    """Map rule name -> the 'resources:' lines of its jobs in a dry run's output."""
+    jobs: dict[str, list[str]] = {}
+    rule = None
+    for line in result.stdout.splitlines():
+        match = re.match(r"^\s*(?:local)?rule (\w+):", line)
+        if match:
+            rule = match.group(1)
+        elif rule and line.strip().startswith("resources:"):
+            jobs.setdefault(rule, []).append(line.strip())
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def slurm_dry_run(workdir) -> subprocess.CompletedProcess:
+    result = snakemake(workdir, "--dry-run", "--forceall", "--workflow-profile", str(PROJECT_ROOT / "profiles" / "slurm"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.parametrize("rule", ["reference_signatures", "map_cell_types"])
+def test_slurm_cell2location_rules_ask_for_gpu(slurm_dry_run, rule):
+    (line,) = dry_run_jobs(slurm_dry_run)[rule]
+    assert "gpu=1" in line
+    # A number, or <TBD> when the inputs it is computed from do not exist yet.
+    assert re.search(r"mem_mb=(\d+|<TBD>)", line)
+    assert re.search(r"runtime=(\d+|<TBD>)", line)
+
+
+@pytest.mark.parametrize("rule", ["ingest", "patches", "cross_validate", "evaluate"])
+def test_slurm_cpu_rules_ask_for_no_gpu(slurm_dry_run, rule):
+    for line in dry_run_jobs(slurm_dry_run)[rule]:
+        assert "gpu=" not in line
+
+
+def test_slurm_morphology_embedding_asks_for_no_gpu(slurm_dry_run):
+    lines = dry_run_jobs(slurm_dry_run)["embed"]
+    assert sum("gpu=1" in line for line in lines) == 3  # vit_small_random on 3 slides
+    assert sum("gpu=0" in line for line in lines) == 3  # morphology on 3 slides
+
+
+def test_slurm_groups_slide_preparation(slurm_dry_run):
+    assert slurm_dry_run.stdout.count("Group job slide_prep") == 1  # 3 slides x (ingest, patches) in one job
+
+
+def test_gpu_model_from_config(workdir):
+    result = snakemake(workdir, "results/labels/signatures.parquet", "--dry-run", "--forceall", "--config", "cluster={'gpu_model': 'a100'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = dry_run_jobs(result)["reference_signatures"]
+    assert "gpu_model=a100" in line

@@ -21,6 +21,9 @@ rule cross_validate:
     benchmark:
         "benchmarks/cross_validate/{backbone}/{regressor}.tsv"
     threads: config["threads"]["cross_validate"]
+    resources:
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+        runtime=lambda wc, attempt: 60 * attempt,
     conda:
         "../../envs/torch.yaml"
     script:

@@ -21,7 +21,10 @@ rule embed:
         "benchmarks/embed/{backbone}/{slide}.tsv"
     threads: config["threads"]["embed"]
     resources:
+        mem_mb=embed_mem_mb,
+        runtime=embed_runtime,
         gpu=backbone_gpus,
+        gpu_model=embed_gpu_model,
     conda:
         "../../envs/torch.yaml"
     script:

@@ -15,6 +15,9 @@ rule ingest:
     benchmark:
         "benchmarks/ingest/{slide}.tsv"
     threads: config["threads"]["ingest"]
+    resources:
+        mem_mb=image_mem_mb,
+        runtime=lambda wc, attempt: 20 * attempt,
     conda:
         "../../envs/core.yaml"
     script:

@@ -19,7 +19,9 @@ rule reference_signatures:
         "benchmarks/reference_signatures.tsv"
     threads: config["threads"]["reference_signatures"]
     resources:
-        gpu=1,
+        **GPU,
+        mem_mb=reference_mem_mb,
+        runtime=reference_runtime,
     conda:
         "../../envs/labels.yaml"
     script:
@@ -45,7 +47,9 @@ if config["labels"]["mode"] == "joint":
             "benchmarks/map_cell_types.tsv"
         threads: config["threads"]["map_cell_types"]
         resources:
-            gpu=1,
+            **GPU,
+            mem_mb=mapping_mem_mb,
+            runtime=mapping_runtime,
         conda:
             "../../envs/labels.yaml"
         script:
@@ -70,7 +74,9 @@ else:
             "benchmarks/map_cell_types/{slide}.tsv"
         threads: config["threads"]["map_cell_types"]
         resources:
-            gpu=1,
+            **GPU,
+            mem_mb=mapping_mem_mb,
+            runtime=mapping_runtime,
         conda:
             "../../envs/labels.yaml"
         script:

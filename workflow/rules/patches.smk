@@ -15,6 +15,9 @@ rule patches:
     benchmark:
         "benchmarks/patches/{slide}.tsv"
     threads: config["threads"]["patches"]
+    resources:
+        mem_mb=image_mem_mb,
+        runtime=lambda wc, attempt: 20 * attempt,
     conda:
         "../../envs/core.yaml"
     script:

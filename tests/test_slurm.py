@@ -20,7 +20,7 @@ import yaml
 
 from conftest import PROJECT_ROOT
 from slurm_cluster import local_slurm, missing_tools
-from test_workflow import completed_run, snakemake, workdir  # noqa: F401  (fixtures)
+from test_workflow import completed_run, workdir  # noqa: F401  (fixtures used by name)
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 

@@ -84,8 +84,12 @@ class Slide(ABC):
         return None
 
     @abstractmethod
-    def _read_window(self, box: tuple[float, float, float, float], downsample: float) -> tuple[np.ndarray, float, float, float]:
+    def _read_window(
+        self, box: tuple[float, float, float, float], downsample: float, *, margin: bool = True
+    ) -> tuple[np.ndarray, float, float, float]:
         """Read pixels covering ``box`` from the level with the largest downsample <= ``downsample``.
+
+        With ``margin``, the region extends :func:`resampling_margin` pixels beyond the box.
 
         Returns
         -------
@@ -132,7 +136,8 @@ class Slide(ABC):
         width, height = self.dimensions
         scale = min(1.0, max_px / max(width, height))
         out_w, out_h = max(int(round(width * scale)), 1), max(int(round(height * scale)), 1)
-        region, origin_x, origin_y, region_scale = self._read_window((0, 0, width, height), 1.0 / scale)
+        # No margin: the whole image needs no neighbours, and a margin would copy it whole.
+        region, origin_x, origin_y, region_scale = self._read_window((0, 0, width, height), 1.0 / scale, margin=False)
         left, top = int(round(-origin_x * region_scale)), int(round(-origin_y * region_scale))
         visible = region[top : top + max(int(round(height * region_scale)), 1), left : left + max(int(round(width * region_scale)), 1)]
         thumb = Image.fromarray(np.ascontiguousarray(visible)).resize((out_w, out_h), Image.Resampling.LANCZOS)
@@ -140,10 +145,10 @@ class Slide(ABC):
 
 
 def resampling_margin(downsample: float) -> int:
-    """Pixels to read around a box so the Lanczos kernel sees image, not the window's edge.
+    """Return the pixels to read around a box, so the Lanczos kernel samples the image and not the window's edge.
 
-    Lanczos-3 reaches 3 output pixels, i.e. ``3 * downsample`` input pixels, on each side;
-    one more pixel absorbs the rounding of a non-integer level downsample.
+    Lanczos-3 reaches 3 output pixels, that is ``3 * downsample`` input pixels, on each side.
+    One more pixel absorbs the rounding of a non-integer level downsample.
     """
     return int(np.ceil(LANCZOS_SUPPORT * max(downsample, 1.0))) + 1
 
@@ -185,7 +190,7 @@ class PlainImageSlide(Slide):
 
         with tifffile.TiffFile(self.path) as tif:
             if not len(tif.pages):
-                raise ValueError("the TIFF holds no image")
+                raise ValueError("the TIFF contains no image")
             page = tif.pages.first
             array = page.asarray()
             unit, xres, yres = (page.tags.get(name) for name in ("ResolutionUnit", "XResolution", "YResolution"))
@@ -205,10 +210,12 @@ class PlainImageSlide(Slide):
     def microns_per_pixel(self) -> float | None:
         return self._mpp
 
-    def _read_window(self, box: tuple[float, float, float, float], downsample: float) -> tuple[np.ndarray, float, float, float]:
-        margin = resampling_margin(downsample)
-        x0, y0 = int(np.floor(box[0])) - margin, int(np.floor(box[1])) - margin
-        x1, y1 = int(np.ceil(box[2])) + margin, int(np.ceil(box[3])) + margin
+    def _read_window(
+        self, box: tuple[float, float, float, float], downsample: float, *, margin: bool = True
+    ) -> tuple[np.ndarray, float, float, float]:
+        pad = resampling_margin(downsample) if margin else 0
+        x0, y0 = int(np.floor(box[0])) - pad, int(np.floor(box[1])) - pad
+        x1, y1 = int(np.ceil(box[2])) + pad, int(np.ceil(box[3])) + pad
         return _padded_window(self._array, x0, y0, x1, y1), float(x0), float(y0), 1.0
 
 
@@ -256,13 +263,15 @@ class OpenSlideSlide(Slide):
         y_resolution = properties.get("tiff.YResolution")
         return mpp_from_resolution(float(x_resolution), float(y_resolution) if y_resolution else None, unit, path=self.path)
 
-    def _read_window(self, box: tuple[float, float, float, float], downsample: float) -> tuple[np.ndarray, float, float, float]:
+    def _read_window(
+        self, box: tuple[float, float, float, float], downsample: float, *, margin: bool = True
+    ) -> tuple[np.ndarray, float, float, float]:
         level = self._slide.get_best_level_for_downsample(downsample)
         level_downsample = float(self._slide.level_downsamples[level])
         # Window on the level's own pixel grid, with the resampling margin around the box.
-        margin = resampling_margin(downsample / level_downsample)
-        lx0, ly0 = int(np.floor(box[0] / level_downsample)) - margin, int(np.floor(box[1] / level_downsample)) - margin
-        lx1, ly1 = int(np.ceil(box[2] / level_downsample)) + margin, int(np.ceil(box[3] / level_downsample)) + margin
+        pad = resampling_margin(downsample / level_downsample) if margin else 0
+        lx0, ly0 = int(np.floor(box[0] / level_downsample)) - pad, int(np.floor(box[1] / level_downsample)) - pad
+        lx1, ly1 = int(np.ceil(box[2] / level_downsample)) + pad, int(np.ceil(box[3] / level_downsample)) + pad
         origin_x, origin_y = lx0 * level_downsample, ly0 * level_downsample
         location = (int(round(origin_x)), int(round(origin_y)))
         region = self._slide.read_region(location, level, (max(lx1 - lx0, 1), max(ly1 - ly0, 1)))

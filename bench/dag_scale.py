@@ -1,8 +1,8 @@
 """Time `snakemake --dry-run` on a synthetic study: many slides x several backbones.
 
-Writes a sample sheet of N slides (4 per patient) that all point at the her2st C2 files
-(the dry run only checks that inputs exist), a config with the given backbones, and times
-the dry run in a fresh process.
+Writes a sample sheet of N slides, 4 per patient, that all point at the her2st C2 files:
+the dry run only checks that inputs exist. Then writes a config with the given backbones
+and times the dry run in a fresh process.
 
 Usage::
 

@@ -112,10 +112,12 @@ def main() -> None:
     parser.add_argument("--vit-l-patches", type=int, default=64, help="patches for ViT-L (the slow model)")
     parser.add_argument("--one", nargs=3, metavar=("BACKBONE", "PRECISION", "PATCH_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+
     options = {"batch_size": args.batch_size, "num_workers": args.num_workers, "device": args.device, "threads": args.threads}
     if args.one:
         print(json.dumps(run_one(args.one[0], args.one[1], Path(args.one[2]), **options)))
         return
+
     if not args.patches.is_file():
         sys.exit(f"patch file {args.patches} not found; run `make demo` or `snakemake --cores 2 {args.patches}` first")
     with tempfile.TemporaryDirectory() as folder:
@@ -131,6 +133,7 @@ def main() -> None:
                 result = subprocess.run(command, capture_output=True, text=True, check=True)
                 rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
                 print(json.dumps(rows[-1]), flush=True)
+
     columns = list(rows[0])
     print("\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     for row in rows:

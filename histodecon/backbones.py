@@ -1,9 +1,9 @@
 """Build an encoder from any registry record (:mod:`histodecon.registry`).
 
-:func:`load_encoder` turns a :class:`BackboneSpec` into an encoder with two steps that the
-embedding stage runs in different processes: ``preprocess`` (resize, crop and normalise a
-uint8 batch; picklable, so DataLoader workers run it) and ``forward_embedding`` (the
-network and the embedding rule). ``encode`` chains both.
+:func:`load_encoder` turns a :class:`BackboneSpec` into an encoder with two steps, which the
+embedding stage can run in different processes. ``preprocess`` resizes, crops and
+normalises a uint8 batch; it is picklable, so DataLoader workers can run it.
+``forward_embedding`` applies the network and the embedding rule. ``encode`` chains both.
 
 Weights are resolved in this order: a local file or folder given by the ``weights``
 argument (``backbone_weights`` in config/config.yaml), then the Hugging Face hub, which

@@ -159,8 +159,8 @@ def _check_scale(spec: BackboneSpec, info: PatchFileInfo) -> float:
 def resolve_num_workers(num_workers: int | Literal["auto"], device: torch.device) -> int:
     """Return the DataLoader workers to use: ``auto`` is 0 on the CPU and up to 4 with CUDA.
 
-    On the CPU the model already uses every core, and a worker competes with it: on 2 cores,
-    ViT-S/16 ran end to end at 104 % of its model-only speed with no worker and at 91 % and
+    On the CPU the model already uses every core, so a worker competes with it. On 2 cores,
+    ViT-S/16 ran end to end at 104 % of its model-only speed with no worker, and at 91 % and
     87 % with 1 and 2 workers (docs/benchmarks.md). Preparing a batch costs a few percent of
     a forward pass there. With CUDA the CPU is free while the GPU computes, so workers
     prepare the next batches in parallel.

@@ -154,8 +154,8 @@ def check_spot_positions(
 ) -> dict[str, float]:
     """Stop when most spot centres fall outside the image or on background.
 
-    Returns the fractions of spots inside the image and on detected tissue. The message
-    says when swapping x and y would put the spots on the image or its tissue.
+    Returns the fractions of spots inside the image and on detected tissue. The error message
+    mentions when swapping x and y would put the spots on the image or its tissue.
     """
     width, height = image.dimensions
     where = f"spot positions of slide {slide} ({spots.files.get('spots', spots.files['counts'])})"

@@ -1,7 +1,7 @@
 """Readers of spot counts and positions, one per sample sheet ``format``.
 
 Each reader turns one sample sheet row into :class:`SpotData`: raw counts, barcodes, genes,
-spot centres in full-resolution pixels and what the files say about physical scale. The
+spot centres in full-resolution pixels and the spot diameter the files record, if any. The
 shared checks, the choice of µm/px and the AnnData layout live in :mod:`histodecon.ingest`.
 
 Formats:
@@ -297,7 +297,7 @@ def _h5ad_spot_diameter(adata: ad.AnnData, *, slide: str, path: Path) -> float |
         library = next(iter(libraries.values()))
     else:
         raise InputError(
-            f"slide {slide}: {path} holds several libraries in uns['spatial'] ({sorted(libraries)}) and none is named "
+            f"slide {slide}: {path} contains several libraries in uns['spatial'] ({sorted(libraries)}) and none is named "
             f"{slide!r}. Split the file into one section per file, or name the slide after its library id."
         )
     value = library.get("scalefactors", {}).get("spot_diameter_fullres")

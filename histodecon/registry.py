@@ -91,8 +91,8 @@ class BackboneSpec:
         model card's transform); otherwise they are resized to ``input_px``.
     architecture
         timm architecture of the network (``timm`` and ``conch``), used for a local weights
-        file and for random initialisation; for ``transformers``, the config class that
-        names the architecture family (e.g. ``Dinov2WithRegistersConfig``).
+        file and for random initialisation. For ``transformers`` entries, the config class
+        that names the architecture family (e.g. ``Dinov2WithRegistersConfig``).
     hub_id
         Hugging Face repository (``owner/name``) of the pretrained weights, or None.
     hub_filename
@@ -246,7 +246,7 @@ _SPECS = (
         embedding_rule="cls",
         embedding_dim=1024,
         input_px=224,
-        microns_per_pixel=0.5,  # pretrained on tiles at 20x (github.com/mahmoodlab/UNI issues 5 and 6)
+        microns_per_pixel=0.5,  # pretrained on 256 and 512 px tiles at 20x, about 0.5 µm/px
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         pretrained=True,

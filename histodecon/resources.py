@@ -1,4 +1,4 @@
-"""Memory and run time that a job asks the scheduler for, from the size of its inputs.
+"""Memory and run time that a job requests from the scheduler, from the size of its inputs.
 
 Each estimate is a fixed part plus a part that grows with the input (pixels, spots x
 genes, cells x genes, patches), fitted to the peaks measured in the her2st demo

@@ -20,11 +20,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["saturation", "saturation_threshold", "tissue_mask", "fraction_on_mask"]
 
-# Bounds of the saturation threshold. Otsu assumes two classes; on a thumbnail with little
-# glass (a crop, a section that fills the slide) it splits two tissue classes instead and
-# calls pale stroma background. Measured on the her2st sections: glass reads 0.02-0.08,
-# Otsu gives 0.18-0.22 on whole images (90-95 % of spots on tissue) and 0.36 on a crop of
-# tissue only (23 %); capped at 0.15, 98-99 % of spots lie on tissue in all of them.
+# Bounds of the saturation threshold. Otsu assumes two classes, so on a thumbnail with little
+# glass (a crop, a section that fills the slide) it splits two tissue classes and calls pale
+# stroma background. Measured on the her2st sections: glass reads 0.02-0.08, and Otsu gives
+# 0.18-0.22 on whole images (90-95 % of spots on tissue) and 0.36 on a crop of tissue only
+# (23 %). Capped at 0.15, 98-99 % of spots lie on tissue in all of them.
 MIN_SATURATION_THRESHOLD = 0.05
 MAX_SATURATION_THRESHOLD = 0.15
 # Clean-up sizes as fractions of the thumbnail's area: specks below 0.01 % are dropped and

@@ -1,8 +1,8 @@
 """Bad input stops early with a message that names the slide, the file, the value and the fix.
 
-Every case runs the stage entry point that would meet the input in the workflow and checks
-three things: the message, that no output (or temporary file) is left behind, and that the
-input files are unchanged (SHA-256 before and after). Cases covered elsewhere: duplicate and
+Every case runs the stage entry point that would meet the input in the workflow. It checks
+the message, that no output or temporary file is left behind, and that the input files are
+unchanged (SHA-256 before and after). Cases covered elsewhere: duplicate and
 unsafe slide ids (test_samples.py), fewer than two slides or patients for cross-validation
 (test_cv.py::test_folds_single_slide, test_workflow.py::test_single_patient_folds_rejected_early),
 missing backbone weights (test_backbones.py::test_uni_without_weights_raises and

@@ -144,18 +144,18 @@ def test_patches_agree_across_layouts(read_layouts, reference, patch_mpp):
         order = pd.Index(adata.obs_names).get_indexer(reference.obs_names)
         images, _, _ = extract_patches(adata, field_of_view_um=FIELD_OF_VIEW_UM, microns_per_pixel=patch_mpp)
         difference = np.abs(images[order].astype(np.int16) - expected.astype(np.int16))
-        # At 2 µm/px the pyramid is read from its 2x level (box-filtered) and the JPEG from
-        # full resolution, so grey levels differ by resampling alone (4.0 of 255 on average,
-        # measured); at 0.5 µm/px both read full resolution and match exactly.
+        # At 2 µm/px the pyramid is read from its box-filtered 2x level and the JPEG from full
+        # resolution, so grey levels differ by 4.0 of 255 on average (measured). At 0.5 µm/px
+        # both are read at full resolution and match exactly.
         tolerance = 0.0 if patch_mpp == 0.5 or name.startswith("visium") else 6.0
         assert difference.mean() <= tolerance, (name, float(difference.mean()))
 
 
 def marked_image(shape: tuple[int, int], centres: np.ndarray, radius: float) -> np.ndarray:
-    """White image with a blue disk at each (x, y) centre.
+    """Return a white image with a blue disk at each (x, y) centre.
 
-    Coordinates are continuous with pixel (row i, column j) covering [j, j + 1) x [i, i + 1),
-    the frame of spot centres and patch boxes; a pixel is blue when its centre is in a disk.
+    Coordinates are continuous: pixel (row i, column j) covers [j, j + 1) x [i, i + 1), the
+    frame of spot centres and patch boxes. A pixel is blue when its centre is in a disk.
     """
     image = np.full((*shape, 3), 255, dtype=np.uint8)
     rows, cols = np.indices(shape)

@@ -1,8 +1,8 @@
 """Every registry entry against its sources: architecture, token rule, normalisation, loading paths.
 
-Each transformer entry is built with random weights at a small width and depth but with its
-own creation arguments (patch size, register tokens, SwiGLU MLP, embedding rule), so the
-tests check the rule that reads the embedding without downloading any weights. Loading is
+Each transformer entry is built with random weights at a small width and depth, but with its
+own creation arguments: patch size, register tokens, SwiGLU MLP and embedding rule. The
+tests therefore check the rule that reads the embedding without downloading any weights. Loading is
 checked through a local file or folder and through an offline Hugging Face cache that the
 test fills, in a fresh process that sees only that cache.
 """

@@ -37,7 +37,7 @@ def test_larger_models_ask_for_more():
     assert resources.embed_mem_mb(None, 1) < resources.embed_mem_mb(384, 1) < resources.embed_mem_mb(1536, 1)
 
 
-def test_missing_input_raises_file_not_found_with_its_name(tmp_path):
+def test_missing_input_names_file(tmp_path):
     path = str(tmp_path / "C2.h5")
     with pytest.raises(FileNotFoundError) as info:
         resources.patch_count(path)

@@ -3,8 +3,8 @@
 A single-node SLURM with accounting runs on this machine's loopback for the duration of the
 module (tests/slurm_cluster.py). The workflow runs through ``--workflow-profile
 profiles/slurm``. Memory estimates are scaled down (``cluster.mem_mb_scale``) so the first
-attempt of an ingest job asks for less than it uses and SLURM kills it; the second, which
-asks for twice as much, succeeds.
+attempt of an ingest job requests less memory than it uses and SLURM kills it. The second
+attempt requests twice as much and succeeds.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def slurm_run(slurm_env, workdir, tmp_path_factory):  # noqa: F811
     (root / "config").mkdir()
     (root / "config" / "samples.tsv").write_text((workdir / "config" / "samples.tsv").read_text())
     config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
-    # An ingest job peaks at about 700 MB. Scaled by 0.5 it asks for about 510 MB on its first
-    # attempt (killed) and 1,010 MB on its second.
+    # An ingest job peaks at about 700 MB. Scaled by 0.5, it requests about 516 MB on its first
+    # attempt (killed) and 1,032 MB on its second.
     config["cluster"] = {"mem_mb_scale": 0.5}
     (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**slurm_env, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{slurm_env['PATH']}"}

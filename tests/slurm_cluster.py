@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct", "sacctmgr", "mariadb-install-db")
+DAEMONS = ("munged", "munge", "unmunge", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct", "sacctmgr", "mariadb-install-db")
 CLUSTER = "histodecon"
 ACCOUNT = "histodecon_tests"
 
@@ -63,15 +63,28 @@ def _stop(pid_file: Path) -> None:
         os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
 
 
+def _munge_answers() -> bool:
+    """Return True when a munged answers on the default socket (encode and decode a credential)."""
+    encoded = subprocess.run(["munge", "-n"], capture_output=True)
+    if encoded.returncode != 0:
+        return False
+    return subprocess.run(["unmunge"], input=encoded.stdout, capture_output=True).returncode == 0
+
+
 def _start_munge(root: Path) -> Path:
+    """Start munged unless one already answers.
+
+    A socket file alone proves nothing: a munged that was killed leaves its socket and lock
+    behind, and clients then get "Connection refused". ``--force`` lets the new daemon
+    replace that stale socket.
+    """
     run_dir = Path("/run/munge")
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.chown(run_dir, "munge", "munge")
     pid_file = root / "munged.pid"
-    socket_path = run_dir / "munge.socket.2"
-    if not socket_path.exists():
+    if not _munge_answers():
         subprocess.run([_sbin("munged"), "--force", f"--pid-file={pid_file}"], capture_output=True, check=True)
-    _wait(socket_path.exists, "munged")
+    _wait(_munge_answers, "munged")
     return pid_file
 
 

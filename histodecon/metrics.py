@@ -17,10 +17,13 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from histodecon.composition import colocalisation_score, jensen_shannon, spatial_weights
 from histodecon.keys import BARCODE_COL, FOLD_COL, LABEL_PREFIX, PRED_PREFIX, SLIDE_COL, strip_prefix
 
 logger = logging.getLogger(__name__)
@@ -29,9 +32,13 @@ __all__ = [
     "pearson_columns",
     "mean_pearson",
     "evaluate",
+    "SlidePositions",
+    "evaluate_slides",
+    "pooled_pearson",
     "summarize",
     "summary_markdown",
     "label_agreement",
+    "label_agreement_spots",
     "METRICS",
 ]
 
@@ -136,7 +143,78 @@ def evaluate(predictions: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _pooled_pearson(predictions: pd.DataFrame) -> pd.Series:
+@dataclass(frozen=True)
+class SlidePositions:
+    """Spot centres of one slide for the neighbour graph.
+
+    Attributes
+    ----------
+    spatial_px : DataFrame
+        Indexed by barcode, columns ``x`` and ``y`` in full-resolution pixels.
+    pitch_px : float
+        Centre-to-centre distance of neighbouring grid spots, in those pixels.
+    """
+
+    spatial_px: pd.DataFrame
+    pitch_px: float
+
+
+def evaluate_slides(predictions: pd.DataFrame, positions: Mapping[str, SlidePositions]) -> pd.DataFrame:
+    """Compute per slide the composition metrics of :mod:`histodecon.composition`.
+
+    Parameters
+    ----------
+    predictions : DataFrame
+        As for :func:`evaluate`.
+    positions : mapping
+        Slide to its :class:`SlidePositions`; every predicted barcode must have a position.
+
+    Returns
+    -------
+    DataFrame
+        One row per slide: ``slide``, ``fold``, ``n_spots``, ``jsd_mean`` and ``jsd_median``
+        (Jensen–Shannon divergence of per-spot composition, bits), ``n_jsd_excluded``
+        (spots where label or prediction sums to zero), ``colocalisation`` (Pearson over
+        type pairs of bivariate Moran's I, labels against predictions),
+        ``colocalisation_mad`` (mean absolute difference of those values),
+        ``n_type_pairs`` and ``mean_neighbours`` (of the spot graph).
+    """
+    types = _cell_types(predictions)
+    rows = []
+    for slide, spots in predictions.groupby(SLIDE_COL, sort=True):
+        if slide not in positions:
+            raise ValueError(f"no spot positions for slide {slide!r}; positions were given for {sorted(positions)}")
+        place = positions[slide]
+        barcodes = spots[BARCODE_COL].astype(str)
+        missing = barcodes[~barcodes.isin(place.spatial_px.index)]
+        if len(missing):
+            raise ValueError(
+                f"slide {slide!r}: {len(missing)} predicted barcodes have no position in the ingested slide "
+                f"(first: {missing.iloc[0]!r}); rerun ingest and cross-validation so both come from the same input"
+            )
+        labels = spots[[LABEL_PREFIX + t for t in types]].to_numpy(dtype=np.float64)
+        preds = spots[[PRED_PREFIX + t for t in types]].to_numpy(dtype=np.float64)
+        divergence = jensen_shannon(labels, preds)
+        weights = spatial_weights(place.spatial_px.loc[barcodes, ["x", "y"]].to_numpy(), pitch_px=place.pitch_px)
+        coloc = colocalisation_score(labels, preds, weights)
+        rows.append(
+            {
+                SLIDE_COL: slide,
+                FOLD_COL: spots[FOLD_COL].iloc[0] if FOLD_COL in spots else -1,
+                "n_spots": len(spots),
+                "jsd_mean": float(np.nanmean(divergence)) if np.isfinite(divergence).any() else np.nan,
+                "jsd_median": float(np.nanmedian(divergence)) if np.isfinite(divergence).any() else np.nan,
+                "n_jsd_excluded": int(np.isnan(divergence).sum()),
+                "colocalisation": coloc.score,
+                "colocalisation_mad": coloc.mean_abs_difference,
+                "n_type_pairs": coloc.n_pairs,
+                "mean_neighbours": float(np.diff(weights.indptr).mean()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def pooled_pearson(predictions: pd.DataFrame) -> pd.Series:
     types = _cell_types(predictions)
     r = pearson_columns(
         predictions[[LABEL_PREFIX + t for t in types]].to_numpy(dtype=np.float64),
@@ -178,7 +256,7 @@ def summarize(
             summary[f"{metric}_slide_std"] = grouped[metric].std(ddof=1)
         pooled = None
         if prediction_tables is not None and (backbone, regressor) in prediction_tables:
-            pooled = _pooled_pearson(prediction_tables[(backbone, regressor)])
+            pooled = pooled_pearson(prediction_tables[(backbone, regressor)])
         summary["pearson_pooled"] = pooled if pooled is not None else np.nan
         summary["n_slides"] = grouped[SLIDE_COL].nunique()
         summary["n_excluded"] = grouped["pearson"].apply(lambda values: int(values.isna().sum()))
@@ -202,14 +280,36 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(summary: pd.DataFrame) -> str:
-    """Render the output of :func:`summarize` as two Markdown tables.
+def summary_markdown(
+    summary: pd.DataFrame, *, benchmark: pd.DataFrame | None = None, tests: pd.DataFrame | None = None
+) -> str:
+    """Render the output of :func:`summarize` as Markdown tables.
 
-    The first table has one row per backbone and regressor, with each metric averaged
-    over cell types (NaN types skipped) and the total of excluded slide x type pairs.
-    The second has one row per backbone, regressor and cell type.
+    With ``benchmark`` (:func:`histodecon.benchmark.benchmark_table`) the text opens with
+    it: one row per backbone and regressor, best first, with 95 % fold bootstrap intervals.
+    With ``tests`` (:func:`histodecon.benchmark.control_tests`) the paired tests against
+    the controls follow. Then come one row per backbone and regressor with each metric
+    averaged over cell types (NaN types skipped) and the total of excluded slide x type
+    pairs, and one row per backbone, regressor and cell type.
     """
     keys = [BACKBONE_COL, REGRESSOR_COL]
+    parts = []
+    if benchmark is not None:
+        columns = [
+            *keys, "control", "n_folds", "pearson_fold_mean", "pearson_ci_low", "pearson_ci_high", "pearson_pooled",
+            "jsd_fold_mean", "colocalisation_fold_mean", "l1_fold_mean",
+        ]  # fmt: skip
+        parts.append(
+            "Benchmark, best first: fold means with 95 % bootstrap intervals over folds "
+            "(pearson: per-slide Pearson averaged over types; jsd: Jensen-Shannon divergence of "
+            "per-spot composition, bits; colocalisation: agreement of pairwise bivariate Moran's I).\n\n"
+            + _markdown_table(benchmark[columns])
+        )
+    if tests is not None and len(tests):
+        parts.append(
+            "Paired tests against controls over folds (difference > 0: the model is better; "
+            "p: two-sided exact Wilcoxon signed-rank).\n\n" + _markdown_table(tests)
+        )
     overview = summary.groupby(keys, sort=True).agg(
         pearson_slide_mean=("pearson_slide_mean", "mean"),
         pearson_pooled=("pearson_pooled", "mean"),
@@ -230,13 +330,12 @@ def summary_markdown(summary: pd.DataFrame) -> str:
             "n_excluded",
         ]
     ]
-    return (
+    parts.append(
         "Mean over cell types of per-slide metrics (pearson_pooled: over all held-out spots).\n\n"
         + _markdown_table(overview.reset_index())
-        + "\n\nPer cell type, mean and standard deviation over held-out slides.\n\n"
-        + _markdown_table(per_type)
-        + "\n"
     )
+    parts.append("Per cell type, mean and standard deviation over held-out slides.\n\n" + _markdown_table(per_type))
+    return "\n\n".join(parts) + "\n"
 
 
 def _aggregate_types(frame: pd.DataFrame, groups: Mapping[str, Sequence[str]]) -> pd.DataFrame:
@@ -252,40 +351,14 @@ def _read_published(path: str | os.PathLike) -> pd.DataFrame:
     return published
 
 
-def label_agreement(
+def _matched_slides(
     labels_by_slide: Mapping[str, pd.DataFrame],
     published_by_slide: Mapping[str, str | os.PathLike],
     *,
     type_map: Mapping[str, str],
-    prefix: str = "proportion:",
-) -> pd.DataFrame:
-    """Correlate our per-spot proportions with published proportions, per published type.
-
-    Our types are summed into published types with ``type_map`` (several of ours may map
-    to one published type). Both sides are then restricted to the mapped published types
-    and renormalised per spot to sum 1, so types outside the map do not shift the scale.
-    Spots are matched by barcode; unmatched barcodes and types are logged.
-
-    Parameters
-    ----------
-    labels_by_slide : mapping
-        Slide to a labels table with ``barcode`` and ``<prefix><type>`` columns.
-    published_by_slide : mapping
-        Slide to a TSV of published proportions: first column the barcode, one column per
-        published type.
-    type_map : mapping
-        Our cell type to published cell type.
-    prefix : str
-        Column prefix of our values in the labels tables.
-
-    Returns
-    -------
-    DataFrame
-        One row per published type: ``published_type``, ``our_types`` (comma-separated),
-        ``pearson_pooled`` (all matched spots of all slides), ``pearson_slide_mean``
-        (mean of per-slide values, NaN skipped), ``n_slides``, ``n_excluded`` (slides
-        with a constant column) and ``n_spots`` (matched spots).
-    """
+    prefix: str,
+) -> tuple[dict[str, list[str]], list[tuple[str, pd.DataFrame, pd.DataFrame]]]:
+    """Return the published types (to our types) and, per slide, both sides' matched proportions."""
     groups: dict[str, list[str]] = {}
     for ours, theirs in sorted(type_map.items()):
         groups.setdefault(theirs, []).append(ours)
@@ -294,7 +367,7 @@ def label_agreement(
     if missing_slides:
         logger.warning("label agreement: no published table for slides %s; they are skipped", missing_slides)
 
-    ours_parts, theirs_parts, slide_r = [], [], []
+    matched = []
     for slide in sorted(set(labels_by_slide) & set(published_by_slide)):
         labels = labels_by_slide[slide].set_index(BARCODE_COL)
         labels.index = labels.index.astype(str)
@@ -337,15 +410,54 @@ def label_agreement(
         if len(both) == 0:
             logger.warning("slide %s: no spots left to compare; the slide is skipped", slide)
             continue
-        ours_parts.append(ours_grouped.loc[both])
-        theirs_parts.append(theirs_grouped.loc[both])
-        slide_r.append(pearson_columns(ours_grouped.loc[both].to_numpy(), theirs_grouped.loc[both].to_numpy()))
+        matched.append((slide, ours_grouped.loc[both], theirs_grouped.loc[both]))
 
-    if not ours_parts:
+    if not matched:
         raise ValueError(
             f"no barcodes matched between our labels (slides {sorted(labels_by_slide)}) and the published "
             f"tables (slides {sorted(published_by_slide)}); check slide names and barcode format"
         )
+    return groups, matched
+
+
+def label_agreement(
+    labels_by_slide: Mapping[str, pd.DataFrame],
+    published_by_slide: Mapping[str, str | os.PathLike],
+    *,
+    type_map: Mapping[str, str],
+    prefix: str = "proportion:",
+) -> pd.DataFrame:
+    """Correlate our per-spot proportions with published proportions, per published type.
+
+    Our types are summed into published types with ``type_map`` (several of ours may map
+    to one published type). Both sides are then restricted to the mapped published types
+    and renormalised per spot to sum 1, so types outside the map do not shift the scale.
+    Spots are matched by barcode; unmatched barcodes and types are logged.
+
+    Parameters
+    ----------
+    labels_by_slide : mapping
+        Slide to a labels table with ``barcode`` and ``<prefix><type>`` columns.
+    published_by_slide : mapping
+        Slide to a TSV of published proportions: first column the barcode, one column per
+        published type.
+    type_map : mapping
+        Our cell type to published cell type.
+    prefix : str
+        Column prefix of our values in the labels tables.
+
+    Returns
+    -------
+    DataFrame
+        One row per published type: ``published_type``, ``our_types`` (comma-separated),
+        ``pearson_pooled`` (all matched spots of all slides), ``pearson_slide_mean``
+        (mean of per-slide values, NaN skipped), ``n_slides``, ``n_excluded`` (slides
+        with a constant column) and ``n_spots`` (matched spots).
+    """
+    groups, matched = _matched_slides(labels_by_slide, published_by_slide, type_map=type_map, prefix=prefix)
+    ours_parts = [ours for _, ours, _ in matched]
+    theirs_parts = [theirs for _, _, theirs in matched]
+    slide_r = [pearson_columns(ours.to_numpy(), theirs.to_numpy()) for _, ours, theirs in matched]
     pooled = pearson_columns(pd.concat(ours_parts).to_numpy(), pd.concat(theirs_parts).to_numpy())
     per_slide = np.vstack(slide_r)
     n_spots = sum(len(part) for part in ours_parts)
@@ -364,3 +476,26 @@ def label_agreement(
             }
         )
     return pd.DataFrame(rows)
+
+
+def label_agreement_spots(
+    labels_by_slide: Mapping[str, pd.DataFrame],
+    published_by_slide: Mapping[str, str | os.PathLike],
+    *,
+    type_map: Mapping[str, str],
+    prefix: str = "proportion:",
+) -> pd.DataFrame:
+    """Return the matched spots behind :func:`label_agreement`, one row per slide and barcode.
+
+    Columns: ``slide``, ``barcode``, then ``ours:<type>`` and ``published:<type>`` for each
+    published type: proportions over the mapped types, as correlated there.
+    """
+    _, matched = _matched_slides(labels_by_slide, published_by_slide, type_map=type_map, prefix=prefix)
+    parts = []
+    for slide, ours, theirs in matched:
+        part = pd.concat([ours.add_prefix("ours:"), theirs.add_prefix("published:")], axis=1)
+        part.index.name = BARCODE_COL
+        part = part.reset_index()
+        part.insert(0, SLIDE_COL, slide)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)

@@ -1,6 +1,7 @@
 # histodecon: learn spot-level cell-type composition from H&E images.
 # Stages: ingest -> cell2location labels -> patches -> embeddings -> cross-validation ->
-# evaluation and summary. Run `snakemake --cores 2` from the project root.
+# evaluation and summary -> figures and per-slide results. Run `snakemake --cores 2` from
+# the project root, then `snakemake --report report.html` for the HTML report.
 
 from snakemake.utils import min_version, validate
 
@@ -13,6 +14,9 @@ configfile: "config/config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/resources.smk"
 include: "workflow/rules/ingest.smk"
@@ -21,6 +25,7 @@ include: "workflow/rules/patches.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/cv.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

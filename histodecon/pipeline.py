@@ -22,6 +22,9 @@ from histodecon.provenance import package_versions
 
 logger = logging.getLogger(__name__)
 
+# Colour-bar units of the spatial maps, per regression target (labels.target).
+_TARGET_UNITS = {"q05": "cells per spot (q05)", "mean": "cells per spot (mean)", "proportion": "proportion of cells"}
+
 __all__ = [
     "ingest_slide",
     "reference_signatures",
@@ -31,6 +34,12 @@ __all__ = [
     "evaluation",
     "summary",
     "published_label_agreement",
+    "benchmark_figure",
+    "scatter_figure",
+    "signature_figure",
+    "label_agreement_figure",
+    "choose_map_pair",
+    "slide_results",
 ]
 
 
@@ -149,39 +158,180 @@ def cross_validation(
     write_tsv(folds_info, folds_out, index=False)
 
 
-def evaluation(*, predictions: str | Path, output: str | Path) -> None:
-    """Compute per-slide, per-cell-type metrics of one prediction table."""
-    from histodecon.metrics import evaluate
+def _slide_positions(path: str | Path):
+    """Read the spot centres and grid pitch of an ingested slide (counts stay on disk)."""
+    from histodecon.metrics import SlidePositions
 
-    write_tsv(evaluate(pd.read_parquet(predictions)), output, index=False)
+    adata = ad.read_h5ad(path, backed="r")
+    try:
+        info = adata.uns[keys.HISTODECON_UNS_KEY]
+        pitch_px = float(info["spot_pitch_um"]) / float(info[keys.MPP_KEY])
+        spatial = pd.DataFrame(adata.obsm[keys.SPATIAL_KEY][:, :2], index=adata.obs_names.astype(str), columns=["x", "y"])
+    finally:
+        adata.file.close()
+    return SlidePositions(spatial_px=spatial, pitch_px=pitch_px)
+
+
+def evaluation(*, predictions: str | Path, slides: Sequence[str], ingested: Sequence[str | Path], output: str | Path, slides_out: str | Path) -> None:
+    """Compute per-slide-and-type metrics and per-slide composition metrics of one prediction table."""
+    from histodecon.metrics import evaluate, evaluate_slides
+
+    table = pd.read_parquet(predictions)
+    positions = {slide: _slide_positions(path) for slide, path in zip(slides, ingested, strict=True)}
+    write_tsv(evaluate(table), output, index=False)
+    write_tsv(evaluate_slides(table, positions), slides_out, index=False, float_format="%.6g")
 
 
 def summary(
     *,
     pairs: Sequence[tuple[str, str]],
     metrics: Sequence[str | Path],
+    slide_metrics: Sequence[str | Path],
     predictions: Sequence[str | Path],
+    control_backbones: Sequence[str],
+    seed: int,
     summary_out: str | Path,
     markdown_out: str | Path,
+    benchmark_out: str | Path,
+    types_out: str | Path,
+    tests_out: str | Path,
 ) -> None:
-    """Aggregate all backbone x regressor metric tables into one summary (TSV and markdown)."""
+    """Aggregate all backbone x regressor metric tables: summary, benchmark, intervals and tests."""
+    from histodecon.benchmark import benchmark_table, control_tests, type_intervals
     from histodecon.metrics import summarize, summary_markdown
 
     pairs = [tuple(pair) for pair in pairs]
     metric_tables = {pair: pd.read_csv(path, sep="\t") for pair, path in zip(pairs, metrics, strict=True)}
+    slide_tables = {pair: pd.read_csv(path, sep="\t") for pair, path in zip(pairs, slide_metrics, strict=True)}
     prediction_tables = {pair: pd.read_parquet(path) for pair, path in zip(pairs, predictions, strict=True)}
     table = summarize(metric_tables, prediction_tables=prediction_tables)
+    benchmark = benchmark_table(metric_tables, slide_tables, prediction_tables, control_backbones=control_backbones, seed=seed)
+    types = type_intervals(metric_tables, seed=seed)
+    tests = control_tests(metric_tables, control_backbones=control_backbones, seed=seed)
     write_tsv(table, summary_out, index=False, float_format="%.6g")
+    write_tsv(benchmark, benchmark_out, index=False, float_format="%.6g")
+    write_tsv(types, types_out, index=False, float_format="%.6g")
+    write_tsv(tests, tests_out, index=False, float_format="%.6g")
     with atomic_path(markdown_out) as tmp:
-        Path(tmp).write_text(summary_markdown(table))
+        Path(tmp).write_text(summary_markdown(table, benchmark=benchmark, tests=tests))
 
 
 def published_label_agreement(
-    *, slides: Sequence[str], labels: Sequence[str | Path], published: Sequence[str | Path], type_map: Mapping, output: str | Path
+    *,
+    slides: Sequence[str],
+    labels: Sequence[str | Path],
+    published: Sequence[str | Path],
+    type_map: Mapping,
+    output: str | Path,
+    spots_out: str | Path,
 ) -> None:
     """Compare our cell2location proportions with published per-spot proportions."""
-    from histodecon.metrics import label_agreement
+    from histodecon.metrics import label_agreement, label_agreement_spots
 
     tables = {slide: pd.read_parquet(path) for slide, path in zip(slides, labels, strict=True)}
-    agreement = label_agreement(tables, dict(zip(slides, published, strict=True)), type_map=type_map)
+    published_paths = dict(zip(slides, published, strict=True))
+    agreement = label_agreement(tables, published_paths, type_map=type_map)
+    spots = label_agreement_spots(tables, published_paths, type_map=type_map)
     write_tsv(agreement, output, index=False, float_format="%.6g")
+    write_parquet(spots, spots_out, metadata={"type_map": dict(type_map), "slides": list(slides)})
+
+
+def _pair_tables(pairs: Sequence[Sequence[str]], paths: Sequence[str | Path], reader) -> dict[tuple[str, str], pd.DataFrame]:
+    return {tuple(pair): reader(path) for pair, path in zip(pairs, paths, strict=True)}
+
+
+def benchmark_figure(
+    *, pairs: Sequence[Sequence[str]], metrics: Sequence[str | Path], benchmark: str | Path, types: str | Path, output: str | Path
+) -> None:
+    """Draw the backbone benchmark (per-fold Pearson, mean and interval per backbone x regressor)."""
+    from histodecon.figures import plot_benchmark, save_figure
+
+    metric_tables = _pair_tables(pairs, metrics, lambda p: pd.read_csv(p, sep="\t"))
+    figure = plot_benchmark(pd.read_csv(benchmark, sep="\t"), pd.read_csv(types, sep="\t"), metric_tables)
+    save_figure(figure, output)
+
+
+def scatter_figure(*, predictions: str | Path, backbone: str, regressor: str, target: str, output: str | Path) -> None:
+    """Draw held-out prediction against label per cell type for one backbone x regressor."""
+    from histodecon.figures import plot_scatter, save_figure
+
+    title = f"{backbone} / {regressor}: held-out prediction against cell2location label ({target})"
+    save_figure(plot_scatter(pd.read_parquet(predictions), title=title), output)
+
+
+def signature_figure(*, signatures: str | Path, output: str | Path) -> None:
+    """Draw the reference signature heatmap."""
+    from histodecon.figures import plot_signatures, save_figure
+
+    save_figure(plot_signatures(pd.read_parquet(signatures).set_index("gene")), output)
+
+
+def label_agreement_figure(*, spots: str | Path, agreement: str | Path, output: str | Path) -> None:
+    """Draw our proportions against the published ones, per published type."""
+    from histodecon.figures import plot_label_agreement, save_figure
+
+    save_figure(plot_label_agreement(pd.read_parquet(spots), pd.read_csv(agreement, sep="\t")), output)
+
+
+def choose_map_pair(benchmark: pd.DataFrame, setting: str) -> tuple[str, str]:
+    """Return the backbone x regressor whose predictions the maps and GeoJSON show.
+
+    ``best`` takes the first non-control row of the benchmark, which is sorted by mean
+    Pearson. When every pair is a control, it takes the first row. ``<backbone>/<regressor>``
+    names one pair.
+    """
+    available = list(zip(benchmark["backbone"], benchmark["regressor"], strict=True))
+    if setting == "best":
+        models = benchmark[~benchmark["control"].astype(bool) & benchmark["pearson_fold_mean"].notna()]
+        row = models.iloc[0] if len(models) else benchmark.iloc[0]
+        return str(row["backbone"]), str(row["regressor"])
+    backbone, _, regressor = setting.partition("/")
+    if (backbone, regressor) not in available:
+        raise ValueError(
+            f"report.map_predictions is {setting!r}, which is not among the cross-validated pairs "
+            f"{['/'.join(p) for p in available]}; set it to one of them or to 'best'"
+        )
+    return backbone, regressor
+
+
+def slide_results(
+    *,
+    slide: str,
+    ingested: str | Path,
+    labels: str | Path,
+    target: str,
+    pairs: Sequence[Sequence[str]],
+    predictions: Sequence[str | Path],
+    benchmark: str | Path,
+    map_predictions: str,
+    h5ad_out: str | Path,
+    geojson_out: str | Path,
+    map_out: str | Path,
+) -> None:
+    """Write one slide's AnnData (labels and all held-out predictions), GeoJSON and spatial map."""
+    from histodecon.export import LABEL_OBSM_KEY, prediction_key, slide_anndata, spot_geojson, write_geojson
+    from histodecon.figures import SpatialMapData, plot_spatial_maps, save_figure
+
+    # Only this slide's rows: with many slides, reading whole tables per slide grows quadratically.
+    prediction_tables = _pair_tables(pairs, predictions, lambda p: pd.read_parquet(p, filters=[(keys.SLIDE_COL, "==", slide)]))
+    prefix = keys.TARGET_PREFIXES[target]
+    result = slide_anndata(
+        ad.read_h5ad(ingested), slide=slide, labels=pd.read_parquet(labels), target_prefix=prefix, predictions=prediction_tables
+    )
+    backbone, regressor = choose_map_pair(pd.read_csv(benchmark, sep="\t"), map_predictions)
+    key = prediction_key(backbone, regressor)
+    result.uns[keys.HISTODECON_UNS_KEY]["map_predictions"] = key
+    (library,) = result.uns["spatial"].values()
+    data = SpatialMapData(
+        image=library["images"][keys.HIRES_IMAGE_KEY],
+        scale=float(library["scalefactors"][keys.HIRES_SCALE_KEY]),
+        spatial_px=result.obsm[keys.SPATIAL_KEY][:, :2],
+        spot_diameter_px=float(library["scalefactors"][keys.SPOT_DIAMETER_KEY]),
+    )
+    title = f"{slide}: cell2location label ({target}) and held-out prediction of {backbone} / {regressor}"
+    figure = plot_spatial_maps(data, result.obsm[LABEL_OBSM_KEY], result.obsm[key], title=title, unit=_TARGET_UNITS[target])
+    with atomic_path(h5ad_out) as tmp:
+        result.write_h5ad(tmp)
+    write_geojson(spot_geojson(result, prediction=key), geojson_out)
+    save_figure(figure, map_out)
+

@@ -7,12 +7,15 @@ region from ``../shared/data`` into a temporary folder.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 Image.MAX_IMAGE_PIXELS = None
@@ -107,3 +110,58 @@ def tiny_data(tmp_path_factory, reference_genes) -> dict:
     tiny_reference = reference[np.sort(keep), genes].copy()
     tiny_reference.write_h5ad(root / "reference.h5ad")
     return {"root": root, "sheet": sheet, "reference": root / "reference.h5ad", "genes": list(genes)}
+
+
+BACKBONES = ["morphology", "vit_small_random"]
+REGRESSORS = ["mean", "ridge", "mlp"]
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the project's Snakefile in ``workdir`` with this interpreter's snakemake."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(PROJECT_ROOT / "Snakefile"), "--directory", str(workdir), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+
+
+@pytest.fixture(scope="session")
+def workdir(tiny_data, tmp_path_factory) -> Path:
+    """A project folder for the tiny workflow: three sections, two encoders, three regressors."""
+    root = tmp_path_factory.mktemp("workflow")
+    (root / "config").mkdir()
+    tiny_data["sheet"].to_csv(root / "config" / "samples.tsv", sep="\t", index=False)
+    config = {
+        "samples": "config/samples.tsv",
+        "reference": {"path": str(tiny_data["reference"]), "label_key": "celltype_major"},
+        "labels": {
+            "reference_epochs": 30,
+            "reference_batch_size": 64,
+            "mapping_epochs": 100,
+            "posterior_samples": 30,
+            "min_shared_genes": 100,
+            "accelerator": "cpu",
+        },
+        "backbones": BACKBONES,
+        "embedding": {"batch_size": 16, "num_workers": 0},
+        "cv": {"regressors": REGRESSORS, "mlp": {"max_epochs": 40, "patience": 5}},
+        "evaluation": {
+            "published_type_map": {
+                "B-cells": "B-cells",
+                "CAFs": "CAFs",
+                "Cancer Epithelial": "Epithelial",
+                "Normal Epithelial": "Epithelial",
+                "T-cells": "T-cells",
+            }
+        },
+    }
+    (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+@pytest.fixture(scope="session")
+def completed_run(workdir) -> subprocess.CompletedProcess:
+    """The tiny workflow run to its end once per session; tests read its outputs."""
+    result = snakemake(workdir, "--cores", "2")
+    if result.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
+        pytest.fail(f"snakemake failed:\n{result.stderr[-5000:]}\n{logs}")
+    return result

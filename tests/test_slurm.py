@@ -20,7 +20,6 @@ import yaml
 
 from conftest import PROJECT_ROOT
 from slurm_cluster import local_slurm, missing_tools
-from test_workflow import completed_run, workdir  # noqa: F401  (fixtures used by name)
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -43,7 +42,7 @@ def slurm_env(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def slurm_run(slurm_env, workdir, tmp_path_factory):  # noqa: F811
+def slurm_run(slurm_env, workdir, tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm_workflow")
     (root / "config").mkdir()
     (root / "config" / "samples.tsv").write_text((workdir / "config" / "samples.tsv").read_text())
@@ -115,7 +114,7 @@ def test_out_of_memory_job_retried_with_more_memory(slurm_run):
     assert int(same.iloc[0]["req_mem"].rstrip("M")) > int(first["req_mem"].rstrip("M"))
 
 
-def test_slurm_results_equal_local_run(slurm_run, completed_run, workdir):  # noqa: F811
+def test_slurm_results_equal_local_run(slurm_run, completed_run, workdir):
     local = pd.read_csv(workdir / "results" / "metrics" / "summary.tsv", sep="\t")
     remote = pd.read_csv(slurm_run["root"] / "results" / "metrics" / "summary.tsv", sep="\t")
     assert list(local.columns) == list(remote.columns)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -15,62 +14,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import PROJECT_ROOT
+from conftest import BACKBONES, PROJECT_ROOT, REGRESSORS, snakemake
 from histodecon.ingest import spot_pitch_px
 from layouts import read_her2st_region, write_space_ranger, write_spatial_h5ad, write_tiff_pyramid
 
 pytestmark = pytest.mark.slow
 
-BACKBONES = ["morphology", "vit_small_random"]
-REGRESSORS = ["mean", "ridge", "mlp"]
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(PROJECT_ROOT / "Snakefile"), "--directory", str(workdir), *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-
-
-@pytest.fixture(scope="module")
-def workdir(tiny_data, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("workflow")
-    (root / "config").mkdir()
-    tiny_data["sheet"].to_csv(root / "config" / "samples.tsv", sep="\t", index=False)
-    config = {
-        "samples": "config/samples.tsv",
-        "reference": {"path": str(tiny_data["reference"]), "label_key": "celltype_major"},
-        "labels": {
-            "reference_epochs": 30,
-            "reference_batch_size": 64,
-            "mapping_epochs": 100,
-            "posterior_samples": 30,
-            "min_shared_genes": 100,
-            "accelerator": "cpu",
-        },
-        "backbones": BACKBONES,
-        "embedding": {"batch_size": 16, "num_workers": 0},
-        "cv": {"regressors": REGRESSORS, "mlp": {"max_epochs": 40, "patience": 5}},
-        "evaluation": {
-            "published_type_map": {
-                "B-cells": "B-cells",
-                "CAFs": "CAFs",
-                "Cancer Epithelial": "Epithelial",
-                "Normal Epithelial": "Epithelial",
-                "T-cells": "T-cells",
-            }
-        },
-    }
-    (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    return root
-
-
-@pytest.fixture(scope="module")
-def completed_run(workdir) -> subprocess.CompletedProcess:
-    result = snakemake(workdir, "--cores", "2")
-    if result.returncode != 0:
-        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
-        pytest.fail(f"snakemake failed:\n{result.stderr[-5000:]}\n{logs}")
-    return result
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
@@ -85,7 +34,7 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
 
 
 def test_dry_run_fan_out(workdir):
-    result = snakemake(workdir, "--dry-run")
+    result = snakemake(workdir, "--dry-run", "--forceall")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     assert counts["reference_signatures"] == 1
@@ -95,6 +44,8 @@ def test_dry_run_fan_out(workdir):
     assert counts["embed"] == 3 * len(BACKBONES)
     assert counts["cross_validate"] == len(BACKBONES) * len(REGRESSORS)
     assert counts["summarize"] == 1
+    assert counts["slide_results"] == 3
+    assert counts["figure_scatter"] == len(BACKBONES) * len(REGRESSORS)
 
 
 def test_summary_has_every_combination(completed_run, workdir):

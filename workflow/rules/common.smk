@@ -14,12 +14,20 @@ COMBINED_BACKBONES = config["combined_backbones"]
 # ones. The components of a combination are embedded whether or not they are listed.
 BACKBONES = config["backbones"] + list(COMBINED_BACKBONES)
 REGRESSORS = config["cv"]["regressors"]
+PAIRS = [(b, r) for b in BACKBONES for r in REGRESSORS]
 
 check_combined_backbones(
     COMBINED_BACKBONES, registered=list_backbones(), configured=config["backbones"]
 )
 for _backbone in config["backbones"]:
     get_backbone(_backbone)  # an unknown name stops here, with the list of valid names
+
+_map_predictions = config["report"]["map_predictions"]
+if _map_predictions != "best" and tuple(_map_predictions.split("/", 1)) not in PAIRS:
+    raise ValueError(
+        f"report.map_predictions is {_map_predictions!r}, which is not a cross-validated pair; "
+        f"use 'best' or one of {['/'.join(p) for p in PAIRS]}"
+    )
 
 # Fail at DAG build, not after hours of fitting, when the folds cannot be formed.
 _group_column = "patient" if config["cv"]["group_by"] == "patient" else "slide"
@@ -73,6 +81,13 @@ def combined_components(wildcards):
     )
 
 
+def control_backbones():
+    """Return the configured backbones that are negative controls (random weights)."""
+    return [
+        b for b in BACKBONES if b not in COMBINED_BACKBONES and get_backbone(b).control
+    ]
+
+
 def backbone_gpus(wildcards):
     return 0 if get_backbone(wildcards.backbone).family == "morphology" else 1
 
@@ -82,7 +97,17 @@ def get_final_outputs():
         "results/metrics/summary.tsv",
         "results/metrics/summary.md",
         "results/labels/reference_elbo.png",
+        "results/figures/benchmark.png",
+        "results/figures/signatures.png",
     ]
+    outputs += [f"results/figures/scatter/{b}/{r}.png" for b, r in PAIRS]
+    outputs += expand(
+        "results/slides/{slide}.{kind}", slide=SLIDES, kind=["h5ad", "geojson"]
+    )
+    outputs += expand("results/figures/maps/{slide}.png", slide=SLIDES)
     if slides_with_published_proportions():
-        outputs.append("results/metrics/label_agreement.tsv")
+        outputs += [
+            "results/metrics/label_agreement.tsv",
+            "results/figures/label_agreement.png",
+        ]
     return outputs

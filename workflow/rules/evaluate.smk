@@ -1,12 +1,17 @@
-# Stage 6: metrics per slide and cell type, one summary over all backbones x regressors, and
-# the cross-check of our labels against published proportions.
+# Stage 6: metrics per slide and cell type and per slide (composition, colocalisation), one
+# summary over all backbones x regressors with fold bootstrap intervals and paired tests
+# against the controls, and the cross-check of our labels against published proportions.
 
 
 rule evaluate:
     input:
         predictions="results/cv/{backbone}/{regressor}/predictions.parquet",
+        ingested=expand("results/ingest/{slide}.h5ad", slide=SLIDES),
     output:
         metrics="results/metrics/{backbone}/{regressor}.tsv",
+        slides="results/metrics/{backbone}/{regressor}.slides.tsv",
+    params:
+        slides=SLIDES,
     log:
         "logs/evaluate/{backbone}/{regressor}.log",
     benchmark:
@@ -24,6 +29,11 @@ rule summarize:
             backbone=BACKBONES,
             regressor=REGRESSORS,
         ),
+        slide_metrics=expand(
+            "results/metrics/{backbone}/{regressor}.slides.tsv",
+            backbone=BACKBONES,
+            regressor=REGRESSORS,
+        ),
         predictions=expand(
             "results/cv/{backbone}/{regressor}/predictions.parquet",
             backbone=BACKBONES,
@@ -32,8 +42,13 @@ rule summarize:
     output:
         summary="results/metrics/summary.tsv",
         markdown="results/metrics/summary.md",
+        benchmark="results/metrics/benchmark.tsv",
+        types="results/metrics/benchmark_types.tsv",
+        tests="results/metrics/control_tests.tsv",
     params:
-        pairs=[(b, r) for b in BACKBONES for r in REGRESSORS],
+        pairs=PAIRS,
+        control_backbones=control_backbones(),
+        seed=config["cv"]["seed"],
     log:
         "logs/summarize.log",
     benchmark:
@@ -55,6 +70,7 @@ rule label_agreement:
         ],
     output:
         agreement="results/metrics/label_agreement.tsv",
+        spots="results/metrics/label_agreement_spots.parquet",
     params:
         slides=slides_with_published_proportions(),
         type_map=config["evaluation"]["published_type_map"],

@@ -9,7 +9,11 @@ rule reference_signatures:
     output:
         signatures="results/labels/signatures.parquet",
         elbo_tsv="results/labels/reference_elbo.tsv",
-        elbo_png="results/labels/reference_elbo.png",
+        elbo_png=report(
+            "results/labels/reference_elbo.png",
+            caption="../report/reference_elbo.rst",
+            category="4. cell2location labels",
+        ),
     params:
         reference=config["reference"],
         labels=config["labels"],
@@ -37,7 +41,11 @@ if config["labels"]["mode"] == "joint":
         output:
             labels=expand("results/labels/{slide}.parquet", slide=SLIDES),
             elbo_tsv="results/labels/mapping_elbo.tsv",
-            elbo_png="results/labels/mapping_elbo.png",
+            elbo_png=report(
+                "results/labels/mapping_elbo.png",
+                caption="../report/mapping_elbo.rst",
+                category="4. cell2location labels",
+            ),
         params:
             slides=SLIDES,
             labels=config["labels"],
@@ -64,7 +72,12 @@ else:
         output:
             labels=["results/labels/{slide}.parquet"],
             elbo_tsv="results/labels/mapping_elbo/{slide}.tsv",
-            elbo_png="results/labels/mapping_elbo/{slide}.png",
+            elbo_png=report(
+                "results/labels/mapping_elbo/{slide}.png",
+                caption="../report/mapping_elbo.rst",
+                category="4. cell2location labels",
+                labels={"slide": "{slide}"},
+            ),
         params:
             slides=lambda wc: [wc.slide],
             labels=config["labels"],

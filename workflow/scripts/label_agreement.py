@@ -12,4 +12,5 @@ published_label_agreement(
     published=snakemake.input.published,
     type_map=snakemake.params.type_map,
     output=snakemake.output.agreement,
+    spots_out=snakemake.output.spots,
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -177,6 +177,77 @@ def _single_thread_worker(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+def iter_embeddings(
+    dataset: Dataset,
+    encoder: Encoder,
+    *,
+    microns_per_pixel: float,
+    batch_size: int = 32,
+    precision: str = "fp32",
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+    desc: str = "embed",
+) -> Iterator[np.ndarray]:
+    """Encode a dataset of uint8 patches batch by batch, in order.
+
+    Parameters
+    ----------
+    dataset
+        Indexed with a list of increasing indices, it returns a uint8 tensor of patches,
+        shape (batch, P, P, 3), already passed through ``encoder.preprocess`` for network
+        encoders (:class:`PatchDataset` for patch files, ``TileDataset`` for whole slides).
+    encoder
+        Encoder from :func:`histodecon.backbones.load_encoder`, already on ``device``.
+    microns_per_pixel
+        µm/px of the patches (the morphology features measure sizes in µm).
+    batch_size, precision, device, num_workers
+        As for :func:`compute_embeddings`.
+    desc
+        Label of the progress bar.
+
+    Yields
+    ------
+    numpy.ndarray
+        float32, shape (batch, encoder.spec.embedding_dim). Only one batch is held at a
+        time, so memory does not grow with the number of patches.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+    device = torch.device(device)
+    if len(dataset) == 0:
+        return
+    is_network = encoder.spec.family != "morphology"
+    sampler = BatchSampler(SequentialSampler(range(len(dataset))), batch_size=batch_size, drop_last=False)
+    loader = DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_single_thread_worker,
+        persistent_workers=False,
+    )
+    autocast_dtype = _AUTOCAST_DTYPES.get(precision)
+    progress = tqdm(loader, total=len(sampler), desc=desc, unit="batch")
+    with torch.inference_mode(), torch.autocast(
+        device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+    ):
+        try:
+            for batch in progress:
+                batch = batch.to(device, non_blocking=True)
+                if is_network:
+                    embeddings = encoder.forward_embedding(batch)
+                else:
+                    embeddings = encoder.encode(batch, microns_per_pixel=microns_per_pixel)
+                yield embeddings.float().cpu().numpy()
+        finally:
+            close = getattr(dataset, "close", None)
+            if close is not None:
+                close()
+
+
 def compute_embeddings(
     info: PatchFileInfo,
     encoder: Encoder,
@@ -209,47 +280,26 @@ def compute_embeddings(
     numpy.ndarray
         float32, shape (n_spots, encoder.spec.embedding_dim), rows in patch file order.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
-    device = torch.device(device)
     width = encoder.spec.embedding_dim
-    if info.n_spots == 0:
-        return np.empty((0, width), dtype=np.float32)
-
     # The morphology features need uint8 pixels and the patch µm/px; networks take batches
     # that the workers have already resized and normalised.
     is_network = encoder.spec.family != "morphology"
     dataset = PatchDataset(info.path, transform=encoder.preprocess if is_network else None)
-    sampler = BatchSampler(SequentialSampler(range(len(dataset))), batch_size=batch_size, drop_last=False)
-    loader = DataLoader(
+    batches = iter_embeddings(
         dataset,
-        sampler=sampler,
-        batch_size=None,
+        encoder,
+        microns_per_pixel=info.microns_per_pixel,
+        batch_size=batch_size,
+        precision=precision,
+        device=device,
         num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=_single_thread_worker,
-        persistent_workers=False,
+        desc=f"embed {info.slide}",
     )
-    autocast_dtype = _AUTOCAST_DTYPES.get(precision)
     output = np.empty((info.n_spots, width), dtype=np.float32)
     row = 0
-    progress = tqdm(loader, total=len(sampler), desc=f"embed {info.slide}", unit="batch")
-    with torch.inference_mode(), torch.autocast(
-        device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
-    ):
-        try:
-            for batch in progress:
-                batch = batch.to(device, non_blocking=True)
-                if is_network:
-                    embeddings = encoder.forward_embedding(batch)
-                else:
-                    embeddings = encoder.encode(batch, microns_per_pixel=info.microns_per_pixel)
-                output[row : row + len(batch)] = embeddings.float().cpu().numpy()
-                row += len(batch)
-        finally:
-            dataset.close()
+    for embeddings in batches:
+        output[row : row + len(embeddings)] = embeddings
+        row += len(embeddings)
     return output
 
 

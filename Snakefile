@@ -26,6 +26,7 @@ include: "workflow/rules/embed.smk"
 include: "workflow/rules/cv.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/predict.smk"
 
 
 rule all:

@@ -38,6 +38,7 @@ __all__ = [
     "plot_spatial_maps",
     "plot_signatures",
     "plot_label_agreement",
+    "plot_tile_heatmap",
 ]
 
 CONTROL_COLOUR = "0.55"
@@ -334,3 +335,51 @@ def plot_label_agreement(spots: pd.DataFrame, agreement: pd.DataFrame) -> Figure
     fig.suptitle("Label cross-check: cell2location (ours) against the study's published proportions", fontsize=10)
     return fig
 
+
+
+def plot_tile_heatmap(
+    thumbnail: np.ndarray, *, scale: float, centres_px: np.ndarray, tile_px: float, values: np.ndarray, title: str, unit: str
+) -> Figure:
+    """Paint predicted values of square tiles over an H&E thumbnail.
+
+    Parameters
+    ----------
+    thumbnail : array, shape ``(h, w, 3)``
+        The slide thumbnail; ``scale`` is thumbnail pixels per full-resolution pixel.
+    centres_px : array, shape ``(n_tiles, 2)``
+        Tile centres in full-resolution pixels (x = column).
+    tile_px : float
+        Side of a tile in full-resolution pixels.
+    values : array, shape ``(n_tiles,)``
+        One value per tile; the colour scale runs from 0 to the 99th percentile.
+
+    Axes: 3 (the H&E alone, the heatmap over it, the colour bar).
+    """
+    from matplotlib.collections import PolyCollection
+
+    half = tile_px * scale / 2
+    xy = np.asarray(centres_px, dtype=np.float64) * scale
+    squares = np.stack(
+        [xy + [-half, -half], xy + [half, -half], xy + [half, half], xy + [-half, half]], axis=1
+    )
+    finite = values[np.isfinite(values)]
+    vmax = float(np.percentile(finite, 99)) if len(finite) else 1.0
+    vmax = vmax if vmax > 0 else 1.0
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), constrained_layout=True)
+    for ax in axes:
+        ax.imshow(thumbnail, alpha=1.0 if ax is axes[0] else 0.5)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    margin = 4 * half
+    for ax in axes:  # zoom on the tiles: the thumbnail may be mostly glass
+        ax.set_xlim(max(xy[:, 0].min() - margin, 0), min(xy[:, 0].max() + margin, thumbnail.shape[1]))
+        ax.set_ylim(min(xy[:, 1].max() + margin, thumbnail.shape[0]), max(xy[:, 1].min() - margin, 0))
+    tiles = PolyCollection(squares, array=np.ma.masked_invalid(values), cmap="viridis", alpha=0.8, linewidths=0)
+    tiles.set_clim(0.0, vmax)
+    axes[1].add_collection(tiles)
+    axes[0].set_title("H&E", fontsize=9)
+    axes[1].set_title("prediction", fontsize=9)
+    colourbar = fig.colorbar(tiles, ax=axes[1], shrink=0.8)
+    colourbar.set_label(unit, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig

@@ -40,6 +40,10 @@ __all__ = [
     "label_agreement_figure",
     "choose_map_pair",
     "slide_results",
+    "final_model",
+    "predict_tiles",
+    "predict_embed",
+    "predict_apply",
 ]
 
 
@@ -335,3 +339,102 @@ def slide_results(
     write_geojson(spot_geojson(result, prediction=key), geojson_out)
     save_figure(figure, map_out)
 
+
+
+def final_model(
+    *,
+    backbone: str,
+    regressor: str,
+    slides: Sequence[str],
+    embeddings: Sequence[str | Path],
+    labels: Sequence[str | Path],
+    target: str,
+    cv: Mapping,
+    model_out: str | Path,
+    metadata_out: str | Path,
+) -> None:
+    """Train the final model of one backbone x regressor on every labelled slide and save it."""
+    import json
+
+    from histodecon.final_model import save_model, train_final_model
+
+    model, metadata = train_final_model(
+        backbone=backbone,
+        regressor=regressor,
+        embeddings=dict(zip(slides, embeddings, strict=True)),
+        labels=dict(zip(slides, labels, strict=True)),
+        target=target,
+        params=cv.get(regressor, {}),
+        min_tissue_fraction=cv["min_tissue_fraction"],
+        seed=cv["seed"],
+    )
+    save_model(model, metadata, model_out)
+    with atomic_path(metadata_out) as tmp:
+        Path(tmp).write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def predict_tiles(*, slide: str, row: Mapping, patches: Mapping, predict: Mapping, tiles_out: str | Path, thumbnail_out: str | Path) -> None:
+    """Detect tissue on one image of the prediction sheet and write its tile grid."""
+    from histodecon.predict import tile_slide
+
+    tile_slide(
+        slide_id=slide,
+        image=row["image"],
+        sheet_mpp=row.get("microns_per_pixel"),
+        field_of_view_um=patches["field_of_view_um"],
+        patch_microns_per_pixel=patches["microns_per_pixel"],
+        stride_um=predict["stride_um"] or patches["field_of_view_um"],
+        min_tissue_fraction=predict["min_tissue_fraction"],
+        output=tiles_out,
+        thumbnail_out=thumbnail_out,
+    )
+
+
+def predict_embed(*, tiles: str | Path, backbone: str, weights: str | Path | None, embedding: Mapping, output: str | Path) -> None:
+    """Embed the tiles of one image with one backbone, streaming to parquet."""
+    from histodecon.predict import embed_tiles
+
+    embed_tiles(
+        tiles=tiles,
+        backbone=backbone,
+        output=output,
+        weights=weights,
+        batch_size=embedding["batch_size"],
+        precision=embedding["precision"],
+        device=embedding["device"],
+        num_workers=embedding["num_workers"],
+        seed=embedding["seed"],
+        trust_remote_code=embedding.get("trust_remote_code", ()),
+    )
+
+
+def predict_apply(
+    *,
+    slide: str,
+    tiles: str | Path,
+    thumbnail: str | Path,
+    embeddings: str | Path,
+    model: str | Path,
+    predictions_out: str | Path,
+    h5ad_out: str | Path,
+    geojson_out: str | Path,
+    heatmaps_out: str | Path,
+) -> None:
+    """Apply a final model to one image's tile embeddings and write every output format."""
+    import numpy as np
+
+    from histodecon.io import read_parquet_metadata
+    from histodecon.predict import apply_model
+    from histodecon.predict_outputs import tiles_anndata, write_heatmaps, write_tile_geojson
+
+    table = apply_model(embeddings=embeddings, tiles=tiles, model=model, output=predictions_out)
+    info = read_parquet_metadata(predictions_out)
+    tile_px = float(info["tiles"]["tile_px"])
+    with np.load(thumbnail) as stored:
+        image, scale = stored["thumbnail"], float(stored["scale"])
+    adata = tiles_anndata(table, slide=slide, thumbnail=image, thumbnail_scale=scale, tile_px=tile_px, info=info)
+    with atomic_path(h5ad_out) as tmp:
+        adata.write_h5ad(tmp)
+    write_tile_geojson(table, tile_px=tile_px, path=geojson_out)
+    unit = _TARGET_UNITS[info["model_metadata"]["target"]]
+    write_heatmaps(table, thumbnail=image, thumbnail_scale=scale, tile_px=tile_px, slide=slide, unit=unit, folder=heatmaps_out)

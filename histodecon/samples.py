@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SampleSheetError", "read_sample_sheet", "SAFE_ID", "FORMAT_COLUMNS", "DEFAULT_PLATFORM", "PLATFORM_NAMES"]
+__all__ = ["SampleSheetError", "read_sample_sheet", "read_prediction_sheet", "SAFE_ID", "FORMAT_COLUMNS", "DEFAULT_PLATFORM", "PLATFORM_NAMES"]
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 REQUIRED_COLUMNS = ("slide", "patient", "format", "counts", "image")
@@ -120,3 +121,47 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
         )
     _check_rows(sheet, path)
     return sheet.drop(columns="_line").set_index("slide", drop=False)
+
+
+def read_prediction_sheet(path: str | Path, *, training_slides: Sequence[str] = ()) -> pd.DataFrame:
+    """Read the sheet of images to predict on, indexed by slide, in file order.
+
+    Columns: ``slide`` (id, a safe file name), ``image`` (path of the H&E image) and the
+    optional ``microns_per_pixel`` (float). Where it is empty (NaN), the image's own
+    metadata gives the µm/px. An id that is also a training slide is rejected, because both write files named
+    after the slide id and a reader could mistake one for the other.
+    """
+    path = Path(path)
+    try:
+        sheet = pd.read_csv(path, sep="\t", comment="#", dtype={"slide": str, "image": str}, keep_default_na=False, na_values={"microns_per_pixel": [""]})
+    except (OSError, ValueError) as error:
+        raise SampleSheetError(f"cannot read prediction sheet {path}: {error}. It must be a tab-separated file with a header line.") from error
+    missing = [c for c in ("slide", "image") if c not in sheet.columns]
+    if missing:
+        raise SampleSheetError(
+            f"prediction sheet {path} lacks the columns {missing}; required: ['slide', 'image'] (optional: "
+            f"['microns_per_pixel']). Columns found: {list(sheet.columns)}."
+        )
+    if sheet.empty:
+        raise SampleSheetError(f"prediction sheet {path} has no rows; add one row per image.")
+    if "microns_per_pixel" not in sheet.columns:
+        sheet["microns_per_pixel"] = float("nan")
+    try:
+        sheet["microns_per_pixel"] = pd.to_numeric(sheet["microns_per_pixel"], errors="raise").astype(float)
+    except ValueError as error:
+        raise SampleSheetError(f"prediction sheet {path}: microns_per_pixel must be a number or empty: {error}.") from error
+    unsafe = [value for value in sheet["slide"] if not SAFE_ID.match(value)]
+    duplicated = sorted(set(sheet["slide"][sheet["slide"].duplicated()]))
+    clashing = sorted(set(sheet["slide"]) & set(training_slides))
+    problems = []
+    if unsafe:
+        problems.append(f"ids that are not safe file names {unsafe} (use letters, digits, '.', '_' and '-')")
+    if duplicated:
+        problems.append(f"duplicate ids {duplicated}")
+    if clashing:
+        problems.append(f"ids that are also training slides {clashing} (rename them, e.g. with a suffix)")
+    if (sheet["image"].str.strip() == "").any():
+        problems.append("rows without an image path")
+    if problems:
+        raise SampleSheetError(f"prediction sheet {path}: " + "; ".join(problems) + ".")
+    return sheet.set_index("slide", drop=False)

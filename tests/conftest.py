@@ -54,29 +54,28 @@ def reference_genes() -> pd.Index:
     return ad.read_h5ad(REFERENCE, backed="r").var_names
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory, reference_genes) -> dict:
-    """Cut three her2st sections and the reference down to a few spots, genes and cells.
+def cut_her2st(root: Path, reference_genes: pd.Index, *, slides=TINY_SLIDES, n_spots=TINY_SPOTS, n_genes=TINY_GENES, cells_per_type=TINY_CELLS_PER_TYPE) -> dict:
+    """Cut her2st sections and the reference down to a block of spots, genes and cells in ``root``.
 
     Returns a dict with ``root`` (folder), ``sheet`` (sample sheet DataFrame), ``reference``
-    (path of the tiny reference) and ``genes``.
+    (path of the cut reference) and ``genes``.
     """
-    root = tmp_path_factory.mktemp("tiny")
-    counts = {s: pd.read_csv(her2st_paths(s)["counts"], sep="\t", index_col=0) for s in TINY_SLIDES}
-    shared = counts[TINY_SLIDES[0]].columns
+    root.mkdir(parents=True, exist_ok=True)
+    counts = {s: pd.read_csv(her2st_paths(s)["counts"], sep="\t", index_col=0) for s in slides}
+    shared = counts[slides[0]].columns
     for table in counts.values():
         shared = shared.intersection(table.columns)
     shared = shared.intersection(reference_genes)
-    totals = sum(counts[s][shared].sum(axis=0) for s in TINY_SLIDES)
-    genes = totals.sort_values(ascending=False, kind="stable").index[:TINY_GENES]
+    totals = sum(counts[s][shared].sum(axis=0) for s in slides)
+    genes = totals.sort_values(ascending=False, kind="stable").index[:n_genes]
 
     rows = []
-    for slide in TINY_SLIDES:
+    for slide in slides:
         paths = her2st_paths(slide)
         spots = pd.read_csv(paths["spots"], sep="\t")
         spots = spots[spots["selected"] == 1]
         spots.index = spots["x"].astype(str) + "x" + spots["y"].astype(str)
-        spots = _central_block(spots.loc[spots.index.intersection(counts[slide].index)], TINY_SPOTS)
+        spots = _central_block(spots.loc[spots.index.intersection(counts[slide].index)], n_spots)
 
         x0 = int(spots["pixel_x"].min()) - IMAGE_MARGIN_PX
         y0 = int(spots["pixel_y"].min()) - IMAGE_MARGIN_PX
@@ -106,10 +105,16 @@ def tiny_data(tmp_path_factory, reference_genes) -> dict:
     rng = np.random.default_rng(0)
     keep = []
     for _, index in reference.obs.groupby("celltype_major", observed=True).indices.items():
-        keep.extend(rng.choice(index, size=min(TINY_CELLS_PER_TYPE, len(index)), replace=False))
-    tiny_reference = reference[np.sort(keep), genes].copy()
-    tiny_reference.write_h5ad(root / "reference.h5ad")
+        keep.extend(rng.choice(index, size=min(cells_per_type, len(index)), replace=False))
+    cut_reference = reference[np.sort(keep), genes].copy()
+    cut_reference.write_h5ad(root / "reference.h5ad")
     return {"root": root, "sheet": sheet, "reference": root / "reference.h5ad", "genes": list(genes)}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, reference_genes) -> dict:
+    """Three her2st sections cut to 30 spots and 400 genes, and the reference to 40 cells per type."""
+    return cut_her2st(tmp_path_factory.mktemp("tiny"), reference_genes)
 
 
 BACKBONES = ["morphology", "vit_small_random"]

@@ -121,3 +121,14 @@ def test_saved_figure_is_a_png(tmp_path, predictions):
     path = tmp_path / "scatter.png"
     save_figure(plot_scatter(predictions, title="t"), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tile_heatmap_panels():
+    from histodecon.figures import plot_tile_heatmap
+
+    centres = np.array([[100.0, 100.0], [300.0, 100.0], [100.0, 300.0]])
+    figure = plot_tile_heatmap(
+        np.full((50, 50, 3), 200, dtype=np.uint8), scale=0.1, centres_px=centres, tile_px=200.0,
+        values=np.array([1.0, 2.0, np.nan]), title="t", unit="cells",
+    )  # fmt: skip
+    assert len(figure.axes) == 3

@@ -4,7 +4,7 @@ import re
 
 from histodecon.registry import get_backbone, list_backbones
 from histodecon.combine import check_combined_backbones
-from histodecon.samples import read_sample_sheet
+from histodecon.samples import read_prediction_sheet, read_sample_sheet
 
 SAMPLES = read_sample_sheet(config["samples"])
 validate(SAMPLES, "../schemas/samples.schema.yaml")
@@ -16,6 +16,13 @@ BACKBONES = config["backbones"] + list(COMBINED_BACKBONES)
 REGRESSORS = config["cv"]["regressors"]
 PAIRS = [(b, r) for b in BACKBONES for r in REGRESSORS]
 
+
+def split_pair(text):
+    """Return ``(backbone, regressor)`` from ``"<backbone>/<regressor>"``."""
+    backbone, _, regressor = text.partition("/")
+    return backbone, regressor
+
+
 check_combined_backbones(
     COMBINED_BACKBONES, registered=list_backbones(), configured=config["backbones"]
 )
@@ -23,10 +30,34 @@ for _backbone in config["backbones"]:
     get_backbone(_backbone)  # an unknown name stops here, with the list of valid names
 
 _map_predictions = config["report"]["map_predictions"]
-if _map_predictions != "best" and tuple(_map_predictions.split("/", 1)) not in PAIRS:
+if _map_predictions != "best" and split_pair(_map_predictions) not in PAIRS:
     raise ValueError(
         f"report.map_predictions is {_map_predictions!r}, which is not a cross-validated pair; "
         f"use 'best' or one of {['/'.join(p) for p in PAIRS]}"
+    )
+
+# Images to map with the `predict` target, and the backbone x regressor models to map them with.
+PREDICT_SHEET = (
+    read_prediction_sheet(config["predict"]["samples"], training_slides=SLIDES)
+    if config["predict"]["samples"]
+    else None
+)
+PREDICT_MODELS = [split_pair(m) for m in config["predict"]["models"]]
+# Slides the final models are trained on: every labelled slide but the held-out ones.
+_holdout = config["predict"]["holdout_slides"]
+MODEL_SLIDES = [s for s in SLIDES if s not in _holdout]
+if set(_holdout) - set(SLIDES) or not MODEL_SLIDES:
+    raise ValueError(
+        f"predict.holdout_slides is {_holdout}; it may name only slides of {config['samples']} "
+        f"({SLIDES}) and must leave at least one to train the final models on"
+    )
+_unknown_models = [
+    m for m in PREDICT_MODELS if m not in PAIRS or m[0] in COMBINED_BACKBONES
+]
+if _unknown_models:
+    raise ValueError(
+        f"predict.models names {['/'.join(m) for m in _unknown_models]}, which are not cross-validated "
+        f"pairs of a registered encoder; choose from {['/'.join(p) for p in PAIRS if p[0] not in COMBINED_BACKBONES]}"
     )
 
 # Fail at DAG build, not after hours of fitting, when the folds cannot be formed.
@@ -41,6 +72,7 @@ if _n_groups < 2:
 
 wildcard_constraints:
     slide="[A-Za-z0-9][A-Za-z0-9._-]*",
+    image="[A-Za-z0-9][A-Za-z0-9._-]*",
     backbone="[A-Za-z0-9_+]+",
     regressor="[a-z]+",
 
@@ -79,6 +111,38 @@ def combined_components(wildcards):
         backbone=COMBINED_BACKBONES[wildcards.backbone],
         slide=wildcards.slide,
     )
+
+
+def prediction_row(image):
+    """Return the prediction sheet row of ``image`` as a plain dict (NaN becomes None)."""
+    row = PREDICT_SHEET.loc[image].to_dict()
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+
+
+def prediction_outputs(wildcards):
+    """Return every output of the `predict` target; stop with the fix when it is not set up."""
+    if PREDICT_SHEET is None or not PREDICT_MODELS:
+        raise ValueError(
+            "the predict target needs predict.samples (a sheet with slide, image and optional "
+            "microns_per_pixel columns) and predict.models (e.g. [morphology/ridge]) in the config"
+        )
+    outputs = []
+    for backbone, regressor in PREDICT_MODELS:
+        for kind in ("parquet", "h5ad", "geojson"):
+            outputs += expand(
+                "results/predict/{backbone}/{regressor}/{image}.{kind}",
+                backbone=backbone,
+                regressor=regressor,
+                image=PREDICT_SHEET.index,
+                kind=kind,
+            )
+        outputs += expand(
+            "results/predict/{backbone}/{regressor}/{image}_heatmaps",
+            backbone=backbone,
+            regressor=regressor,
+            image=PREDICT_SHEET.index,
+        )
+    return outputs
 
 
 def control_backbones():

@@ -237,7 +237,7 @@ def published_label_agreement(
     agreement = label_agreement(tables, published_paths, type_map=type_map)
     spots = label_agreement_spots(tables, published_paths, type_map=type_map)
     write_tsv(agreement, output, index=False, float_format="%.6g")
-    write_parquet(spots, spots_out, metadata={"type_map": dict(type_map), "slides": list(slides)})
+    write_parquet(spots, spots_out, metadata={"type_map": dict(type_map), "slides": list(slides), "versions": package_versions()})
 
 
 def _pair_tables(pairs: Sequence[Sequence[str]], paths: Sequence[str | Path], reader) -> dict[tuple[str, str], pd.DataFrame]:

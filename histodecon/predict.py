@@ -55,8 +55,6 @@ __all__ = [
 
 TILE_COL = "tile"  # tile id: "<row>_<col>" on the grid
 THUMBNAIL_PX = 2000
-# Embedding rows per parquet row group: the unit of memory when the model is applied.
-ROWS_PER_GROUP = 4096
 
 
 class PredictionInputError(ValueError):
@@ -359,7 +357,8 @@ def embed_tiles(
             part = table.iloc[row : row + len(embeddings)]
             arrays = [pa.array(part[TILE_COL].to_numpy()), pa.array(part[keys.X_PX_COL].to_numpy()), pa.array(part[keys.Y_PX_COL].to_numpy())]
             arrays += [pa.array(embeddings[:, i]) for i in range(embeddings.shape[1])]
-            writer.write_table(pa.Table.from_arrays(arrays, schema=schema), row_group_size=ROWS_PER_GROUP)
+            # One row group per batch: apply_model reads the file back one group at a time.
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
             row += len(embeddings)
     seconds = time.perf_counter() - encode_start
     logger.info(

@@ -40,6 +40,7 @@ def write_study(folder: Path, n_slides: int, backbones: list[str]) -> None:
     sheet.to_csv(folder / "config" / "samples.tsv", sep="\t", index=False)
     config = yaml.safe_load((PROJECT_ROOT / "config" / "config.yaml").read_text())
     config.update({"samples": "config/samples.tsv", "backbones": backbones})
+    config["predict"]["samples"] = None  # the demo's prediction sheet is not in this folder
     config["reference"]["path"] = str(PROJECT_ROOT.parent / "shared" / "data" / "reference" / "wu2021_CID4465_sc.h5ad")
     (folder / "config" / "config.yaml").write_text(yaml.safe_dump(config))
 

@@ -6,7 +6,7 @@ tissue detection and the tile grid, embedding streamed to parquet, and the final
 applied one row group at a time. It prints one JSON line per step and a Markdown table.
 
 Memory is bounded when the peak stays flat as the tile count grows. A plain JPEG is decoded
-whole when it is opened, so its decoded size sets a floor; scanner files and TIFF pyramids
+whole when it is opened, so its decoded size sets a floor. Scanner files and TIFF pyramids
 are read window by window through OpenSlide.
 
 Usage (after ``make demo`` and ``snakemake predict``, which write the final model)::

@@ -39,7 +39,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "PatchDataset",
+    "iter_embeddings",
     "compute_embeddings",
+    "resolve_device",
+    "resolve_precision",
     "cpu_has_native_bf16",
     "embed_slide",
     "embedding_columns",
@@ -102,7 +105,8 @@ class PatchDataset(Dataset):
             self._file = None
 
 
-def _resolve_device(device: DeviceChoice) -> torch.device:
+def resolve_device(device: DeviceChoice) -> torch.device:
+    """Return the torch device for ``auto``, ``cpu`` or ``cuda`` (``auto``: CUDA when available)."""
     if device not in get_args(DeviceChoice):
         raise ValueError(f"invalid device {device!r}; valid: {', '.join(get_args(DeviceChoice))}")
     if device == "auto":
@@ -121,7 +125,11 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return any(flag in flags for flag in _NATIVE_BF16_CPU_FLAGS)
 
 
-def _resolve_precision(precision: Precision, device: torch.device, spec: BackboneSpec) -> str:
+def resolve_precision(precision: Precision, device: torch.device, spec: BackboneSpec) -> str:
+    """Return the precision to run ``spec`` in on ``device``.
+
+    ``auto`` is bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere.
+    """
     if precision not in get_args(Precision):
         raise ValueError(f"invalid precision {precision!r}; valid: {', '.join(get_args(Precision))}")
     if spec.family == "morphology":
@@ -353,8 +361,8 @@ def embed_slide(
     start = time.perf_counter()
     spec = get_backbone(backbone)
     info = read_patch_file_info(patch_file)
-    resolved_device = _resolve_device(device)
-    resolved_precision = _resolve_precision(precision, resolved_device, spec)
+    resolved_device = resolve_device(device)
+    resolved_precision = resolve_precision(precision, resolved_device, spec)
     input_mpp = _check_scale(spec, info)
     logger.info(
         "embedding slide %s: %d patches of %d px at %.3f µm/px with backbone %s on %s (%s, batch size %d)",

@@ -33,7 +33,16 @@ from histodecon.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LABEL_OBSM_KEY", "prediction_key", "slide_anndata", "spot_polygons", "spot_geojson", "write_geojson"]
+__all__ = [
+    "LABEL_OBSM_KEY",
+    "prediction_key",
+    "slide_anndata",
+    "spot_polygons",
+    "type_colours",
+    "detection_feature",
+    "spot_geojson",
+    "write_geojson",
+]
 
 LABEL_OBSM_KEY = "label"
 # Vertices of the polygon that represents a round spot. With 32, the area is within 0.7 % of
@@ -121,9 +130,29 @@ def spot_polygons(spatial_px: np.ndarray, diameter_px: float, *, n_vertices: int
     return np.asarray(spatial_px, dtype=np.float64)[:, None, :] + ring[None, :, :]
 
 
-def _colours(types: Sequence[str]) -> dict[str, list[int]]:
+def type_colours(types: Sequence[str]) -> dict[str, list[int]]:
+    """Return an RGB colour (0-255) per cell type from matplotlib's "tab20", in the given order."""
     palette = colormaps["tab20"].colors
     return {t: [int(round(255 * c)) for c in palette[i % len(palette)]] for i, t in enumerate(types)}
+
+
+def detection_feature(name: str, ring: Sequence[Sequence[float]], *, measurements: dict[str, float], classification: str, colour: list[int]) -> dict:
+    """Return a GeoJSON Feature that QuPath imports as a detection.
+
+    ``ring`` is the closed outer ring in full-resolution pixels. Measurements that are not
+    finite are left out, because JSON has no NaN.
+    """
+    return {
+        "type": "Feature",
+        "id": name,
+        "geometry": {"type": "Polygon", "coordinates": [[[round(float(x), 2), round(float(y), 2)] for x, y in ring]]},
+        "properties": {
+            "objectType": "detection",
+            "name": name,
+            "classification": {"name": classification, "color": colour},
+            "measurements": {key: float(v) for key, v in measurements.items() if np.isfinite(v)},
+        },
+    }
 
 
 def spot_geojson(
@@ -151,7 +180,7 @@ def spot_geojson(
     preds = adata.obsm[prediction]
     predicted = preds.notna().all(axis=1).to_numpy()
     types = list(preds.columns)
-    colours = _colours(types)
+    colours = type_colours(types)
     values = preds.to_numpy()[predicted]
     shares = composition(values)
     labels = adata.obsm[LABEL_OBSM_KEY].to_numpy()[predicted] if include_labels else None
@@ -164,21 +193,9 @@ def spot_geojson(
         measurements.update({f"pred proportion {t}": shares[i, j] for j, t in enumerate(types)})
         if labels is not None:
             measurements.update({f"label {t}": labels[i, j] for j, t in enumerate(types)})
-        # JSON has no NaN: an undefined value (a spot whose prediction sums to zero) is left out.
-        measurements = {name: float(v) for name, v in measurements.items() if np.isfinite(v)}
         dominant = types[int(np.nanargmax(values[i]))]
         features.append(
-            {
-                "type": "Feature",
-                "id": str(barcode),
-                "geometry": {"type": "Polygon", "coordinates": [rings[i].round(2).tolist()]},
-                "properties": {
-                    "objectType": "detection",
-                    "name": str(barcode),
-                    "classification": {"name": dominant, "color": colours[dominant]},
-                    "measurements": measurements,
-                },
-            }
+            detection_feature(str(barcode), rings[i], measurements=measurements, classification=dominant, colour=colours[dominant])
         )
     logger.info("GeoJSON: %d of %d spots with a prediction (%s)", len(features), adata.n_obs, prediction)
     return {"type": "FeatureCollection", "features": features}

@@ -190,7 +190,7 @@ class SpatialMapData:
         self.spatial_px, self.spot_diameter_px = spatial_px, spot_diameter_px
 
 
-# Longest side, in pixels, of the H&E drawn under each spatial map. Each of the 2 x n_types
+# Maximum side, in pixels, of the H&E drawn under each spatial map. Each of the 2 x n_types
 # panels draws its own copy, so a full thumbnail (2,000 px) would make the figure slow.
 MAP_IMAGE_PX = 500
 

@@ -22,7 +22,7 @@ from histodecon.keys import PARQUET_METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["atomic_path", "write_parquet", "read_parquet_metadata", "write_tsv"]
+__all__ = ["atomic_path", "schema_metadata", "write_parquet", "read_parquet_metadata", "write_tsv"]
 
 
 @contextlib.contextmanager
@@ -52,12 +52,16 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in parquet metadata: {value!r}")
 
 
+def schema_metadata(metadata: dict) -> dict[bytes, bytes]:
+    """Return ``metadata`` as the parquet schema entry that :func:`read_parquet_metadata` reads."""
+    return {PARQUET_METADATA_KEY: json.dumps(metadata, default=_json_default, sort_keys=True).encode()}
+
+
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike, *, metadata: dict | None = None) -> None:
     """Write ``df`` atomically as parquet, with ``metadata`` stored as JSON in the schema."""
     table = pa.Table.from_pandas(df, preserve_index=False)
     if metadata is not None:
-        encoded = json.dumps(metadata, default=_json_default, sort_keys=True).encode()
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), PARQUET_METADATA_KEY: encoded})
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **schema_metadata(metadata)})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     logger.debug("wrote %s (%d rows, %d columns)", path, len(df), df.shape[1])

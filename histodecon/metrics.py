@@ -172,12 +172,12 @@ def evaluate_slides(predictions: pd.DataFrame, positions: Mapping[str, SlidePosi
     Returns
     -------
     DataFrame
-        One row per slide: ``slide``, ``fold``, ``n_spots``, ``jsd_mean`` and ``jsd_median``
-        (Jensen–Shannon divergence of per-spot composition, bits), ``n_jsd_excluded``
-        (spots where label or prediction sums to zero), ``colocalisation`` (Pearson over
-        type pairs of bivariate Moran's I, labels against predictions),
-        ``colocalisation_mad`` (mean absolute difference of those values),
-        ``n_type_pairs`` and ``mean_neighbours`` (of the spot graph).
+        One row per slide with ``slide``, ``fold`` and ``n_spots``. ``jsd_mean`` and
+        ``jsd_median`` summarise the Jensen–Shannon divergence of per-spot composition, in
+        bits. ``n_jsd_excluded`` counts spots where label or prediction sums to zero.
+        ``colocalisation`` is the Pearson over type pairs of bivariate Moran's I, labels
+        against predictions, and ``colocalisation_mad`` the mean absolute difference of
+        those values. ``n_type_pairs`` and ``mean_neighbours`` describe the spot graph.
     """
     types = _cell_types(predictions)
     rows = []

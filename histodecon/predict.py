@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from histodecon import keys
-from histodecon.io import atomic_path, read_parquet_metadata, write_parquet
+from histodecon.io import atomic_path, read_parquet_metadata, schema_metadata, write_parquet
 from histodecon.provenance import package_versions
 from histodecon.slide import Slide, open_slide
 from histodecon.tissue import tissue_mask
@@ -297,7 +297,7 @@ def embed_tiles(
     ``y_px`` and ``emb_0000`` ... (float32), and the metadata of the ``embed`` rule.
     """
     from histodecon.backbones import get_backbone, load_encoder
-    from histodecon.embed import _resolve_device, _resolve_precision, iter_embeddings, resolve_num_workers
+    from histodecon.embed import resolve_device, resolve_precision, iter_embeddings, resolve_num_workers
     from histodecon.keys import embedding_columns
 
     start = time.perf_counter()
@@ -305,8 +305,8 @@ def embed_tiles(
     info = read_parquet_metadata(tiles)
     geometry = info["patch_geometry"]
     spec = get_backbone(backbone)
-    resolved_device = _resolve_device(device)
-    resolved_precision = _resolve_precision(precision, resolved_device, spec)
+    resolved_device = resolve_device(device)
+    resolved_precision = resolve_precision(precision, resolved_device, spec)
     encoder = load_encoder(spec, weights=weights, seed=seed, trust_remote_code=trust_remote_code).to(resolved_device)
     is_network = spec.family != "morphology"
     dataset = TileDataset(
@@ -333,12 +333,10 @@ def embed_tiles(
         "patch_geometry": geometry,
         "versions": package_versions(),
     }
-    import json
-
     schema = pa.schema(
         [(TILE_COL, pa.string()), (keys.X_PX_COL, pa.float64()), (keys.Y_PX_COL, pa.float64())]
         + [(name, pa.float32()) for name in columns],
-        metadata={keys.PARQUET_METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str).encode()},
+        metadata=schema_metadata(metadata),
     )
     batches = iter_embeddings(
         dataset,

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from histodecon import keys
-from histodecon.export import _colours
+from histodecon.export import detection_feature, type_colours
 from histodecon.io import atomic_path
 from histodecon.predict import TILE_COL
 
@@ -74,7 +74,7 @@ def write_tile_geojson(table: pd.DataFrame, *, tile_px: float, path: str | Path)
     ``classification`` is the type with the largest prediction.
     """
     types = _types(table)
-    colours = _colours(types)
+    colours = type_colours(types)
     preds = table[[keys.PRED_PREFIX + t for t in types]].to_numpy(dtype=np.float64)
     shares = table[[keys.PROPORTION_PREFIX + t for t in types]].to_numpy(dtype=np.float64)
     half = tile_px / 2
@@ -84,20 +84,8 @@ def write_tile_geojson(table: pd.DataFrame, *, tile_px: float, path: str | Path)
             ring = [[x - half, y - half], [x + half, y - half], [x + half, y + half], [x - half, y + half], [x - half, y - half]]
             measurements = {f"pred {t}": preds[i, j] for j, t in enumerate(types)}
             measurements.update({f"pred proportion {t}": shares[i, j] for j, t in enumerate(types)})
-            # JSON has no NaN: an undefined share (prediction summing to zero) is left out.
-            measurements = {name: round(float(v), 6) for name, v in measurements.items() if np.isfinite(v)}
             dominant = types[int(np.argmax(preds[i]))]
-            feature = {
-                "type": "Feature",
-                "id": str(tile),
-                "geometry": {"type": "Polygon", "coordinates": [[[round(a, 2), round(b, 2)] for a, b in ring]]},
-                "properties": {
-                    "objectType": "detection",
-                    "name": str(tile),
-                    "classification": {"name": dominant, "color": colours[dominant]},
-                    "measurements": measurements,
-                },
-            }
+            feature = detection_feature(str(tile), ring, measurements=measurements, classification=dominant, colour=colours[dominant])
             handle.write(("," if i else "") + json.dumps(feature, allow_nan=False))
         handle.write("]}")
     return len(table)

@@ -139,7 +139,7 @@ def read_prediction_sheet(path: str | Path, *, training_slides: Sequence[str] = 
     missing = [c for c in ("slide", "image") if c not in sheet.columns]
     if missing:
         raise SampleSheetError(
-            f"prediction sheet {path} lacks the columns {missing}; required: ['slide', 'image'] (optional: "
+            f"prediction sheet {path} is missing the columns {missing}; required: ['slide', 'image'] (optional: "
             f"['microns_per_pixel']). Columns found: {list(sheet.columns)}."
         )
     if sheet.empty:

@@ -80,12 +80,14 @@ def paired_tests(
     Returns
     -------
     DataFrame
-        One row per model and control: ``backbone``, ``regressor``, ``control_backbone``,
-        ``control_regressor``, ``metric``, ``n_folds`` (folds where both are defined),
-        ``model_mean``, ``control_mean``, ``difference`` (mean over folds),
-        ``difference_ci_low``/``_high`` (fold bootstrap), ``n_better`` (folds where the
-        model wins), ``p_value`` (two-sided exact Wilcoxon signed-rank on the paired
-        fold values; NaN with fewer than 2 folds or when every difference is zero).
+        One row per model and control. Columns: ``backbone``, ``regressor``,
+        ``control_backbone``, ``control_regressor``, ``metric`` and ``n_folds`` (folds
+        where both are defined). Then ``model_mean``, ``control_mean``, ``difference``
+        (mean over folds) and ``difference_ci_low``/``_high`` (fold bootstrap).
+        ``n_better`` counts the folds where the model wins. ``p_value`` is the two-sided
+        Wilcoxon signed-rank test on the paired fold values (scipy's ``method="auto"``:
+        exact without ties up to 50 folds), NaN with fewer than 2 folds or when every
+        difference is zero.
     """
     rows = []
     for model, model_controls in sorted(controls.items()):

@@ -64,7 +64,7 @@ def _stop(pid_file: Path) -> None:
 
 
 def _munge_answers() -> bool:
-    """Return True when a munged answers on the default socket (encode and decode a credential)."""
+    """Return True when a running munged encodes and decodes a credential on the default socket."""
     encoded = subprocess.run(["munge", "-n"], capture_output=True)
     if encoded.returncode != 0:
         return False
@@ -72,7 +72,7 @@ def _munge_answers() -> bool:
 
 
 def _start_munge(root: Path) -> Path:
-    """Start munged unless one already answers.
+    """Start munged unless a running one already works.
 
     A socket file alone proves nothing: a munged that was killed leaves its socket and lock
     behind, and clients then get "Connection refused". ``--force`` lets the new daemon

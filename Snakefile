@@ -1,6 +1,6 @@
 # histodecon: learn spot-level cell-type composition from H&E images.
 # Stages: ingest -> cell2location labels -> patches -> embeddings -> cross-validation ->
-# evaluation and summary -> figures and per-slide results. Run `snakemake --cores 2` from
+# evaluation and summary -> figures and per-slide results -> run manifest. Run `snakemake --cores 2` from
 # the project root, then `snakemake --report report.html` for the HTML report.
 
 from snakemake.utils import min_version, validate
@@ -27,6 +27,7 @@ include: "workflow/rules/cv.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/manifest.smk"
 
 
 rule all:

@@ -26,7 +26,8 @@ from typing import Any
 import joblib
 
 from histodecon.io import atomic_path, read_parquet_metadata
-from histodecon.provenance import package_versions
+from histodecon.keys import PROVENANCE_KEY
+from histodecon.provenance import active_record, package_versions
 from histodecon.regressors import Regressor
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ def train_final_model(
         "weights_source": first.get("weights_source"),
         "versions": package_versions(),
     }
+    if active_record() is not None:
+        metadata[PROVENANCE_KEY] = active_record()
     logger.info(
         "final %s / %s model: %d spots of %d slides, %d dimensions -> %d cell types",
         backbone,

@@ -13,6 +13,7 @@ SPOT_DIAMETER_KEY = "spot_diameter_fullres"  # pixels of the full-resolution ima
 MPP_KEY = "microns_per_pixel"  # µm per full-resolution pixel
 MPP_SOURCE_KEY = "microns_per_pixel_source"
 HISTODECON_UNS_KEY = "histodecon"  # uns: provenance of the ingest
+PROVENANCE_KEY = "provenance"  # parquet metadata, uns["histodecon"] and patch file attribute
 
 # obs columns of an ingested slide.
 SLIDE_COL = "slide"

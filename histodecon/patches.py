@@ -16,6 +16,7 @@ Patch file layout (HDF5), read by the embedding stage:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 from histodecon import keys
 from histodecon.io import atomic_path
 from histodecon.keys import BARCODE_COL, PADDED_COL, PATCH_IMAGES, PATCH_TABLE_COLUMNS, TISSUE_FRACTION_COL
+from histodecon.provenance import active_record
 from histodecon.slide import Slide, open_slide
 from histodecon.tissue import saturation, saturation_threshold
 
@@ -152,15 +154,24 @@ def extract_patches(
 
 
 def write_patch_file(path: str | Path, images: np.ndarray, table: pd.DataFrame, attrs: Mapping) -> None:
-    """Write patches, their table and attributes to an HDF5 file, atomically."""
+    """Write patches, their table and attributes to an HDF5 file, atomically.
+
+    The active provenance record is stored as the JSON attribute ``provenance``. Datasets
+    carry no creation times, so the same patches give the same bytes.
+    """
+    record = active_record()
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         chunks = (1, *images.shape[1:]) if len(images) else None
-        h5.create_dataset(keys.PATCH_IMAGES, data=images, chunks=chunks)
-        h5.create_dataset(keys.BARCODE_COL, data=table[keys.BARCODE_COL].to_numpy(dtype=object), dtype=h5py.string_dtype())
+        h5.create_dataset(keys.PATCH_IMAGES, data=images, chunks=chunks, track_times=False)
+        h5.create_dataset(
+            keys.BARCODE_COL, data=table[keys.BARCODE_COL].to_numpy(dtype=object), dtype=h5py.string_dtype(), track_times=False
+        )
         for column in keys.PATCH_TABLE_COLUMNS[1:]:
-            h5.create_dataset(column, data=table[column].to_numpy())
+            h5.create_dataset(column, data=table[column].to_numpy(), track_times=False)
         for name, value in attrs.items():
             h5.attrs[name] = value
+        if record is not None:
+            h5.attrs[keys.PROVENANCE_KEY] = json.dumps(record, sort_keys=True)
 
 
 @dataclass(frozen=True)

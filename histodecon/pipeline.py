@@ -15,7 +15,7 @@ import pandas as pd
 
 from histodecon import keys
 from histodecon.ingest import read_slide
-from histodecon.io import atomic_path, write_parquet, write_tsv
+from histodecon.io import atomic_path, write_h5ad, write_parquet, write_tsv
 from histodecon.labels import fit_signatures, load_reference, map_cell_types, plot_elbo
 from histodecon.patches import extract_patches, write_patch_file
 from histodecon.provenance import package_versions
@@ -51,8 +51,7 @@ def ingest_slide(row: Mapping, output: str | Path, *, in_tissue_only: bool = Tru
     """Read one sample sheet row and write its AnnData (``.h5ad``); nothing is written on error."""
     adata = read_slide(row, in_tissue_only=in_tissue_only, min_spots_on_tissue=min_spots_on_tissue)
     adata.uns[keys.HISTODECON_UNS_KEY]["versions"] = package_versions()
-    with atomic_path(output) as tmp:
-        adata.write_h5ad(tmp)
+    write_h5ad(adata, output)
 
 
 def reference_signatures(
@@ -77,7 +76,7 @@ def reference_signatures(
         posterior_samples=labels["posterior_samples"],
     )
     table = result.table.reset_index()
-    metadata = {"reference": dict(reference), "labels": dict(labels), "fit_seconds": result.seconds, "versions": package_versions()}
+    metadata = {"reference": dict(reference), "labels": dict(labels), "versions": package_versions()}
     write_parquet(table, signatures_out, metadata=metadata)
     write_tsv(result.elbo.to_frame(), elbo_tsv)
     plot_elbo(result.elbo, elbo_png, title="cell2location RegressionModel")
@@ -98,7 +97,7 @@ def cell_type_labels(
     """
     adatas = [ad.read_h5ad(path) for path in slides]
     signature_table = pd.read_parquet(signatures).set_index("gene")
-    tables, elbo, seconds = map_cell_types(
+    tables, elbo, _ = map_cell_types(
         adatas,
         signature_table,
         n_cells_per_location=labels["n_cells_per_location"],
@@ -112,7 +111,7 @@ def cell_type_labels(
     missing = set(outputs) - set(tables)
     if missing:
         raise RuntimeError(f"cell2location returned no spots for slides {sorted(missing)}")
-    metadata = {"labels": dict(labels), "slides": sorted(tables), "fit_seconds": seconds, "versions": package_versions()}
+    metadata = {"labels": dict(labels), "slides": sorted(tables), "versions": package_versions()}
     for slide_id, path in outputs.items():
         write_parquet(tables[slide_id], path, metadata={**metadata, "slide": slide_id})
     write_tsv(elbo.to_frame(), elbo_tsv)
@@ -334,8 +333,7 @@ def slide_results(
     )
     title = f"{slide}: cell2location label ({target}) and held-out prediction of {backbone} / {regressor}"
     figure = plot_spatial_maps(data, result.obsm[LABEL_OBSM_KEY], result.obsm[key], title=title, unit=_TARGET_UNITS[target])
-    with atomic_path(h5ad_out) as tmp:
-        result.write_h5ad(tmp)
+    write_h5ad(result, h5ad_out)
     write_geojson(spot_geojson(result, prediction=key), geojson_out)
     save_figure(figure, map_out)
 
@@ -433,8 +431,7 @@ def predict_apply(
     with np.load(thumbnail) as stored:
         image, scale = stored["thumbnail"], float(stored["scale"])
     adata = tiles_anndata(table, slide=slide, thumbnail=image, thumbnail_scale=scale, tile_px=tile_px, info=info)
-    with atomic_path(h5ad_out) as tmp:
-        adata.write_h5ad(tmp)
+    write_h5ad(adata, h5ad_out)
     write_tile_geojson(table, tile_px=tile_px, path=geojson_out)
     unit = _TARGET_UNITS[info["model_metadata"]["target"]]
     write_heatmaps(table, thumbnail=image, thumbnail_scale=scale, tile_px=tile_px, slide=slide, unit=unit, folder=heatmaps_out)

@@ -23,7 +23,7 @@ import pandas as pd
 
 from histodecon import keys
 from histodecon.export import detection_feature, type_colours
-from histodecon.io import atomic_path
+from histodecon.io import atomic_directory, atomic_path
 from histodecon.predict import TILE_COL
 
 logger = logging.getLogger(__name__)
@@ -62,8 +62,16 @@ def tiles_anndata(table: pd.DataFrame, *, slide: str, thumbnail: np.ndarray, thu
             "metadata": {},
         }
     }
-    adata.uns[keys.HISTODECON_UNS_KEY] = json.loads(json.dumps(info, default=str))
+    # Upstream provenance records hold lists of records, which AnnData cannot store; the
+    # h5ad gets its own record, which carries their sources and µm/px, when it is written.
+    adata.uns[keys.HISTODECON_UNS_KEY] = _without_provenance(json.loads(json.dumps(info, default=str)))
     return adata
+
+
+def _without_provenance(value):
+    if isinstance(value, dict):
+        return {k: _without_provenance(v) for k, v in value.items() if k != keys.PROVENANCE_KEY}
+    return value
 
 
 def write_tile_geojson(table: pd.DataFrame, *, tile_px: float, path: str | Path) -> int:
@@ -103,25 +111,24 @@ def write_heatmaps(
     """Write one heatmap PNG per cell type into ``folder``; return their paths.
 
     Each tile is painted as a square of its true size over the thumbnail, coloured from 0
-    to the 99th percentile of that type's predictions.
+    to the 99th percentile of that type's predictions. The PNGs are drawn into a temporary
+    folder that is renamed to ``folder`` when all are written.
     """
     from histodecon.figures import plot_tile_heatmap, save_figure
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
+    names = []
     xy = table[[keys.X_PX_COL, keys.Y_PX_COL]].to_numpy(dtype=np.float64)
-    for cell_type in _types(table):
-        figure = plot_tile_heatmap(
-            thumbnail,
-            scale=thumbnail_scale,
-            centres_px=xy,
-            tile_px=tile_px,
-            values=table[keys.PRED_PREFIX + cell_type].to_numpy(dtype=np.float64),
-            title=f"{slide}: predicted {cell_type}",
-            unit=unit,
-        )
-        path = folder / heatmap_name(cell_type)
-        save_figure(figure, path)
-        paths.append(path)
-    return paths
+    with atomic_directory(folder) as tmp:
+        for cell_type in _types(table):
+            figure = plot_tile_heatmap(
+                thumbnail,
+                scale=thumbnail_scale,
+                centres_px=xy,
+                tile_px=tile_px,
+                values=table[keys.PRED_PREFIX + cell_type].to_numpy(dtype=np.float64),
+                title=f"{slide}: predicted {cell_type}",
+                unit=unit,
+            )
+            names.append(heatmap_name(cell_type))
+            save_figure(figure, tmp / names[-1])
+    return [Path(folder) / name for name in names]

@@ -16,6 +16,7 @@ import yaml
 from conftest import cut_her2st, snakemake
 from histodecon.final_model import ModelMismatchError, check_model, load_model
 from histodecon.predict import PredictionInputError, TileDataset, resolve_image_mpp, tile_grid
+from histodecon.provenance import file_sha256, read_provenance
 from histodecon.slide import open_slide
 from histodecon.tissue import fraction_on_mask
 
@@ -143,6 +144,24 @@ def test_predict_heatmap_per_type(predict_run, predicted):
     n_types = len([c for c in predicted.columns if c.startswith("pred:")])
     heatmaps = list((predict_run[0] / "results" / "predict" / "morphology" / "ridge" / "C4new_heatmaps").glob("*.png"))
     assert len(heatmaps) == n_types
+
+
+def test_predict_manifest_lists_the_image(predict_run):
+    root, data = predict_run
+    manifest = json.loads((root / "results" / "predict" / "run_manifest.json").read_text())
+    image = str(data["sheet"].set_index("slide").loc["C4", "image"])
+    assert manifest["inputs"][image]["sha256"] == file_sha256(image)
+    assert "results/predict/morphology/ridge/C4new.parquet" in manifest["outputs"]
+    assert manifest["input_conflicts"] == []
+
+
+def test_predicted_h5ad_provenance(predict_run):
+    root, data = predict_run
+    record = read_provenance(root / "results" / "predict" / "morphology" / "ridge" / "C4new.h5ad")
+    assert record["rule"] == "predict_apply"
+    assert record["scale"]["C4new"]["microns_per_pixel_source"] == "sample_sheet"
+    # The model's training slides reach the prediction through the model metadata.
+    assert {"C2", "C3"} <= set(record["scale"])
 
 
 def test_model_trained_without_the_predicted_section(predict_run):

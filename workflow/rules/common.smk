@@ -156,14 +156,34 @@ def backbone_gpus(wildcards):
     return 0 if get_backbone(wildcards.backbone).family == "morphology" else 1
 
 
-def get_final_outputs():
+def embedded_backbones():
+    """Return every backbone that is embedded: the listed ones and combination components."""
+    components = [c for names in COMBINED_BACKBONES.values() for c in names]
+    return list(
+        dict.fromkeys(config["backbones"] + components + list(COMBINED_BACKBONES))
+    )
+
+
+def get_run_outputs():
+    """Return the outputs of a full run that the run manifest lists (all but itself)."""
     outputs = [
         "results/metrics/summary.tsv",
         "results/metrics/summary.md",
+        "results/metrics/benchmark.tsv",
+        "results/labels/signatures.parquet",
         "results/labels/reference_elbo.png",
         "results/figures/benchmark.png",
         "results/figures/signatures.png",
     ]
+    outputs += expand("results/ingest/{slide}.h5ad", slide=SLIDES)
+    outputs += expand("results/patches/{slide}.h5", slide=SLIDES)
+    outputs += expand("results/labels/{slide}.parquet", slide=SLIDES)
+    outputs += expand(
+        "results/embeddings/{backbone}/{slide}.parquet",
+        backbone=embedded_backbones(),
+        slide=SLIDES,
+    )
+    outputs += [f"results/cv/{b}/{r}/predictions.parquet" for b, r in PAIRS]
     outputs += [f"results/figures/scatter/{b}/{r}.png" for b, r in PAIRS]
     outputs += expand(
         "results/slides/{slide}.{kind}", slide=SLIDES, kind=["h5ad", "geojson"]
@@ -172,6 +192,30 @@ def get_final_outputs():
     if slides_with_published_proportions():
         outputs += [
             "results/metrics/label_agreement.tsv",
+            "results/metrics/label_agreement_spots.parquet",
             "results/figures/label_agreement.png",
         ]
     return outputs
+
+
+def get_final_outputs():
+    return get_run_outputs() + ["results/run_manifest.json"]
+
+
+def prediction_manifest_inputs(wildcards):
+    """Return the outputs of the `predict` target and the tiles, embeddings and models behind them."""
+    outputs = prediction_outputs(wildcards)
+    outputs += expand(
+        "results/predict/tiles/{image}.parquet", image=PREDICT_SHEET.index
+    )
+    for backbone, regressor in PREDICT_MODELS:
+        outputs += expand(
+            "results/predict/embeddings/{backbone}/{image}.parquet",
+            backbone=backbone,
+            image=PREDICT_SHEET.index,
+        )
+        outputs += [
+            f"results/models/{backbone}/{regressor}.{kind}"
+            for kind in ("joblib", "json")
+        ]
+    return list(dict.fromkeys(outputs))

@@ -88,6 +88,9 @@ rule predict_apply:
         thumbnail="results/predict/tiles/{image}.npz",
         embeddings="results/predict/embeddings/{backbone}/{image}.parquet",
         model="results/models/{backbone}/{regressor}.joblib",
+        # Not read by the script: listed so that the model's provenance (training slides,
+        # their sources and µm/px) is carried into the predictions' own.
+        model_metadata="results/models/{backbone}/{regressor}.json",
     output:
         predictions="results/predict/{backbone}/{regressor}/{image}.parquet",
         h5ad="results/predict/{backbone}/{regressor}/{image}.h5ad",
@@ -109,4 +112,5 @@ rule predict_apply:
 rule predict:
     input:
         prediction_outputs,
+        "results/predict/run_manifest.json",
     default_target: False

@@ -1,8 +1,8 @@
 """Snakemake entry point of rules map_cell_types and map_cell_types_per_slide."""
 
-from histodecon.logs import configure_logging
+from histodecon.provenance import start_job
 
-configure_logging(snakemake.log[0])
+start_job(snakemake)  # the rule's log file, then the provenance stored with every output
 
 from histodecon.pipeline import cell_type_labels  # noqa: E402
 

@@ -1,8 +1,8 @@
 """Snakemake entry point of rule predict_tiles."""
 
-from histodecon.logs import configure_logging
+from histodecon.provenance import start_job
 
-configure_logging(snakemake.log[0])
+start_job(snakemake)  # the rule's log file, then the provenance stored with every output
 
 from histodecon.pipeline import predict_tiles  # noqa: E402
 

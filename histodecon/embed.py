@@ -43,6 +43,7 @@ __all__ = [
     "compute_embeddings",
     "resolve_device",
     "resolve_precision",
+    "deterministic_kernels",
     "cpu_has_native_bf16",
     "embed_slide",
     "embedding_columns",
@@ -180,9 +181,23 @@ def resolve_num_workers(num_workers: int | Literal["auto"], device: torch.device
     return num_workers
 
 
-def _single_thread_worker(worker_id: int) -> None:
-    """Keep each DataLoader worker on one thread, so workers and the model share the cores."""
+def _seed_worker(worker_id: int) -> None:
+    """Keep each DataLoader worker on one thread, so workers and the model share the cores,
+    and seed numpy from the worker's torch seed (set from the loader's seeded generator)."""
     torch.set_num_threads(1)
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+def deterministic_kernels(device: torch.device) -> None:
+    """Ask for deterministic kernels on ``device``.
+
+    On the CPU the forward pass of a given batch is already repeatable for a fixed thread
+    count. With CUDA, cuDNN autotuning may pick different convolution algorithms per run,
+    so it is switched off and cuDNN is told to use deterministic ones.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
 
 
 def iter_embeddings(
@@ -194,6 +209,7 @@ def iter_embeddings(
     precision: str = "fp32",
     device: torch.device | str = "cpu",
     num_workers: int = 0,
+    seed: int = 0,
     desc: str = "embed",
 ) -> Iterator[np.ndarray]:
     """Encode a dataset of uint8 patches batch by batch, in order.
@@ -210,6 +226,8 @@ def iter_embeddings(
         µm/px of the patches (the morphology features measure sizes in µm).
     batch_size, precision, device, num_workers
         As for :func:`compute_embeddings`.
+    seed
+        Seed of the loader's generator, from which each worker's torch and numpy seeds derive.
     desc
         Label of the progress bar.
 
@@ -234,7 +252,8 @@ def iter_embeddings(
         batch_size=None,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
-        worker_init_fn=_single_thread_worker,
+        worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
     )
     autocast_dtype = _AUTOCAST_DTYPES.get(precision)
@@ -264,6 +283,7 @@ def compute_embeddings(
     precision: str = "fp32",
     device: torch.device | str = "cpu",
     num_workers: int = 0,
+    seed: int = 0,
 ) -> np.ndarray:
     """Encode all patches of a patch file.
 
@@ -282,6 +302,8 @@ def compute_embeddings(
     num_workers
         DataLoader worker processes that read the HDF5 file and, for network encoders,
         resize and normalise each batch (0 does both in the main process).
+    seed
+        Seed of the DataLoader workers.
 
     Returns
     -------
@@ -301,6 +323,7 @@ def compute_embeddings(
         precision=precision,
         device=device,
         num_workers=num_workers,
+        seed=seed,
         desc=f"embed {info.slide}",
     )
     output = np.empty((info.n_spots, width), dtype=np.float32)
@@ -362,6 +385,7 @@ def embed_slide(
     spec = get_backbone(backbone)
     info = read_patch_file_info(patch_file)
     resolved_device = resolve_device(device)
+    deterministic_kernels(resolved_device)
     resolved_precision = resolve_precision(precision, resolved_device, spec)
     input_mpp = _check_scale(spec, info)
     logger.info(
@@ -385,6 +409,7 @@ def embed_slide(
         precision=resolved_precision,
         device=resolved_device,
         num_workers=resolve_num_workers(num_workers, resolved_device),
+        seed=seed,
     )
     encode_seconds = time.perf_counter() - encode_start
 

@@ -73,12 +73,27 @@ def resolve_accelerator(accelerator: str) -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def _seed_everything(seed: int) -> None:
+def _seed_everything(seed: int, accelerator: str) -> None:
+    """Seed every generator a fit draws from; on a GPU, also ask for deterministic kernels.
+
+    On the CPU a seeded fit is repeatable bit for bit (measured: docs/benchmarks.md). On a
+    GPU, cuBLAS needs a fixed workspace and cuDNN its deterministic algorithms. Operations
+    without a deterministic CUDA kernel only raise a warning (``warn_only``), so GPU fits
+    may still differ in the last digits between runs; this was not measured (no GPU here).
+    """
+    import os
+
     import pyro
     import scvi
+    import torch
 
     scvi.settings.seed = seed  # seeds python, numpy, torch and lightning
     pyro.set_rng_seed(seed)
+    if accelerator == "gpu":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def load_reference(
@@ -162,8 +177,8 @@ def fit_signatures(
     from cell2location.models import RegressionModel
     from cell2location.utils.filtering import filter_genes
 
-    _seed_everything(seed)
     accelerator = resolve_accelerator(accelerator)
+    _seed_everything(seed, accelerator)
     genes = filter_genes(reference, **{**DEFAULT_GENE_FILTER, **(gene_filter or {})})
     adata = reference[:, genes].copy()
     logger.info("reference: %d of %d genes pass the cell2location gene filter", adata.n_vars, reference.n_vars)
@@ -244,8 +259,8 @@ def map_cell_types(
     """
     from cell2location.models import Cell2location
 
-    _seed_everything(seed)
     accelerator = resolve_accelerator(accelerator)
+    _seed_everything(seed, accelerator)
     for adata in slides:
         slide_id = str(adata.obs[keys.SLIDE_COL].iloc[0])
         check_raw_counts(adata.X, what=f"counts of slide {slide_id}")

@@ -297,7 +297,7 @@ def embed_tiles(
     ``y_px`` and ``emb_0000`` ... (float32), and the metadata of the ``embed`` rule.
     """
     from histodecon.backbones import get_backbone, load_encoder
-    from histodecon.embed import resolve_device, resolve_precision, iter_embeddings, resolve_num_workers
+    from histodecon.embed import deterministic_kernels, iter_embeddings, resolve_device, resolve_num_workers, resolve_precision
     from histodecon.keys import embedding_columns
 
     start = time.perf_counter()
@@ -306,6 +306,7 @@ def embed_tiles(
     geometry = info["patch_geometry"]
     spec = get_backbone(backbone)
     resolved_device = resolve_device(device)
+    deterministic_kernels(resolved_device)
     resolved_precision = resolve_precision(precision, resolved_device, spec)
     encoder = load_encoder(spec, weights=weights, seed=seed, trust_remote_code=trust_remote_code).to(resolved_device)
     is_network = spec.family != "morphology"
@@ -346,6 +347,7 @@ def embed_tiles(
         precision=resolved_precision,
         device=resolved_device,
         num_workers=resolve_num_workers(num_workers, resolved_device),
+        seed=seed,
         desc=f"embed tiles {info['slide']}",
     )
     row = 0

@@ -121,10 +121,16 @@ BACKBONES = ["morphology", "vit_small_random"]
 REGRESSORS = ["mean", "ridge", "mlp"]
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run the project's Snakefile in ``workdir`` with this interpreter's snakemake."""
+def snakemake_command(workdir: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """Return the command and environment that run the project's Snakefile in ``workdir``."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(PROJECT_ROOT / "Snakefile"), "--directory", str(workdir), *args]
+    return command, env
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the project's Snakefile in ``workdir`` with this interpreter's snakemake."""
+    command, env = snakemake_command(workdir, *args)
     return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
 
 

@@ -332,7 +332,7 @@ def fit_fold(
     model = make_regressor(regressor, params, seed=fold_seed)
     start = time.perf_counter()
     model.fit(data.X[train], data.Y[train], groups=groups)
-    # Fit times go to the log only: the fold table holds nothing that changes between reruns.
+    # Fit times go to the log only, so the fold table contains nothing that changes between reruns.
     logger.info("fold %d: %s fitted on %d spots in %.2f s", fold, regressor, int(train.sum()), time.perf_counter() - start)
     predicted = model.predict(data.X[test])
 

@@ -193,7 +193,7 @@ def deterministic_kernels(device: torch.device) -> None:
 
     On the CPU the forward pass of a given batch is already repeatable for a fixed thread
     count. With CUDA, cuDNN autotuning may pick different convolution algorithms per run,
-    so it is switched off and cuDNN is told to use deterministic ones.
+    so autotuning is switched off and cuDNN is set to deterministic algorithms.
     """
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False

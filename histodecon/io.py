@@ -143,8 +143,8 @@ def write_tsv(df: pd.DataFrame, path: str | os.PathLike, **kwargs: Any) -> None:
 def write_h5ad(adata: ad.AnnData, path: str | os.PathLike) -> None:
     """Write ``adata`` atomically, with the active provenance record in ``uns["histodecon"]``.
 
-    The record is stored as a JSON string under ``provenance``; ``adata.uns`` is restored
-    after the write.
+    The record is stored as a JSON string under ``provenance``, and ``adata.uns`` is
+    restored after the write.
     """
     record = active_record()
     previous = adata.uns.get(HISTODECON_UNS_KEY)

@@ -79,7 +79,8 @@ def _seed_everything(seed: int, accelerator: str) -> None:
     On the CPU a seeded fit is repeatable bit for bit (measured: docs/benchmarks.md). On a
     GPU, cuBLAS needs a fixed workspace and cuDNN its deterministic algorithms. Operations
     without a deterministic CUDA kernel only raise a warning (``warn_only``), so GPU fits
-    may still differ in the last digits between runs; this was not measured (no GPU here).
+    may still differ in the last digits between runs.
+    NOTE: the size of that variation on a GPU has not been measured.
     """
     import os
 

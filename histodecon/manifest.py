@@ -1,12 +1,12 @@
 """The run manifest: the provenance of a whole run in one JSON file.
 
 ``results/run_manifest.json`` gathers the records that :mod:`histodecon.provenance` stores
-in each output: the package versions, the full config, the seeds, every original input file
-with its SHA-256, the µm/px of every slide with its source, and every output with its
-SHA-256 and the rule that wrote it. It also lists what a resumed or partly rebuilt run can
-get wrong: an input file whose checksum differs between outputs (it changed during the
-run), a slide whose µm/px differs between outputs, and outputs written with other package
-versions than the manifest's.
+in each output. It contains the package versions, the full config and the seeds. It lists
+every original input file with its SHA-256, the µm/px of every slide with its source, and
+every output with its SHA-256 and the rule that wrote it. It also lists what a resumed or partly rebuilt run can
+get wrong. An input file may have different checksums in different outputs, because it
+changed during the run. A slide may have different µm/px in different outputs. Outputs may
+have been written with other package versions than the manifest's.
 """
 
 from __future__ import annotations
@@ -80,9 +80,9 @@ def build_manifest(outputs: Sequence[str | os.PathLike], *, config: Mapping) -> 
     inputs, input_conflicts = _merge(sources)
     slides, scale_conflicts = _merge(scales)
     for conflict in input_conflicts:
-        logger.warning("input %s has different checksums in different outputs: it changed during the run; rerun with --forceall", conflict["key"])
+        logger.warning("input %s has different checksums in different outputs, so it changed during the run. Rerun with --forceall", conflict["key"])
     for conflict in scale_conflicts:
-        logger.warning("slide %s has different µm/px in different outputs; rerun with --forceall", conflict["key"])
+        logger.warning("slide %s has different µm/px in different outputs. Rerun with --forceall", conflict["key"])
     for mismatch in mismatches:
         logger.warning("%s was written with other package versions: %s", mismatch["output"], mismatch["versions"])
     seeds = run_seeds(config)

@@ -62,8 +62,8 @@ def tiles_anndata(table: pd.DataFrame, *, slide: str, thumbnail: np.ndarray, thu
             "metadata": {},
         }
     }
-    # Upstream provenance records hold lists of records, which AnnData cannot store; the
-    # h5ad gets its own record, which carries their sources and µm/px, when it is written.
+    # Upstream provenance records contain lists of records, which AnnData cannot store. The
+    # h5ad gets its own record when it is written, and that record carries their sources.
     adata.uns[keys.HISTODECON_UNS_KEY] = _without_provenance(json.loads(json.dumps(info, default=str)))
     return adata
 

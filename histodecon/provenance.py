@@ -1,9 +1,9 @@
 """Provenance stored in every parquet, h5ad and patch file the workflow writes.
 
-Each workflow job builds one provenance record when it starts (:func:`start_job`): the
-package versions, the rule, its wildcards and params (the config values it runs with), the
-run's seeds, the SHA-256 of every input file, and two summaries carried forward from the
-inputs' own records:
+Each workflow job builds one provenance record when it starts (:func:`start_job`). The
+record contains the package versions, the rule with its wildcards and params (the config
+values it runs with), the run's seeds and the SHA-256 of every input file. Two summaries
+are carried forward from the inputs' own records:
 
 ``sources``
     The original input files behind the output (counts, spot tables, images, the
@@ -15,8 +15,8 @@ The writers of :mod:`histodecon.io` and :mod:`histodecon.patches` store the acti
 with every file: parquet schema metadata (``provenance``), h5ad ``uns["histodecon"]
 ["provenance"]`` (a JSON string, since AnnData cannot store lists of records) and the
 ``provenance`` attribute of patch files. :mod:`histodecon.manifest` gathers them into
-``results/run_manifest.json``. Records hold no clock times, so a rerun with the same inputs
-writes the same bytes.
+``results/run_manifest.json``. Records contain no clock times, so a rerun with the same
+inputs writes the same bytes.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def test_path_record_of_a_file(project):
     assert record == {"path": "data/counts.tsv", "sha256": file_sha256("data/counts.tsv"), "bytes": 7}
 
 
-def test_path_record_of_a_folder_changes_with_a_file(project):
+def test_folder_record_tracks_file_changes(project):
     folder = project / "data" / "spaceranger"
     (folder / "spatial").mkdir(parents=True)
     (folder / "spatial" / "positions.csv").write_text("a,1\n")
@@ -88,7 +88,7 @@ def test_write_parquet_stores_the_active_record(project):
     assert read_provenance("results/t.parquet") == record
 
 
-def test_write_h5ad_stores_the_record_and_leaves_uns_alone(project):
+def test_write_h5ad_keeps_uns_unchanged(project):
     record = job_record(rule="r", inputs={"counts": ["data/counts.tsv"]}, config=CONFIG)
     activate(record)
     adata = _slide()

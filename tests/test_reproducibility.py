@@ -25,7 +25,7 @@ import pytest
 
 from conftest import BACKBONES, REGRESSORS, TINY_SLIDES, TINY_SPOTS, snakemake, snakemake_command
 
-KILL_WAIT_S = 900  # longest wait for the stage to start before the test gives up
+KILL_WAIT_S = 900  # maximum wait for the stage to start before the test fails
 POLL_S = 0.02
 
 
@@ -172,8 +172,11 @@ def _mapping_in_flight(root: Path) -> list[Path]:
 
 
 def _live_members(group: int) -> list[int]:
-    """Return the processes of process group ``group`` that are alive (zombies excluded:
-    in a container, nobody may reap the killed jobs, but they run no more)."""
+    """Return the live processes of process group ``group``.
+
+    Zombies are excluded: in a container no init process may reap the killed jobs, but
+    they no longer run.
+    """
     members = []
     for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -234,8 +237,8 @@ def resumed(workdir, completed_run, tmp_path_factory) -> Resumed:
 
     The first run stops at the embeddings (``--until embed``), so that cell2location has not
     run yet when the second run is killed in it. After each kill, ``snakemake --unlock``
-    removes the lock that the killed run left; then the plain command runs again with the
-    default profile, as a user would.
+    removes the lock that the killed run left. Then the plain command runs again with the
+    default profile, as a user would run it.
     """
     root = _new_project(workdir, tmp_path_factory.mktemp("resumed"))
     embedding_kill = _run_until_killed(root, ["--cores", "2", "--until", "embed"], _embeddings_in_flight, _embedding_files)
